@@ -1,0 +1,197 @@
+// Multi-scale deformable attention on the CPU. Forward parallelizes over (batch, query) pairs; backward over
+// (batch, head) pairs, whose grad_value slices are disjoint, so it needs no atomics and is deterministic.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "mmgdino/checks.h"
+#include "mmgdino/sampling.h"
+
+namespace mmgdino {
+namespace {
+
+struct MsdaPointers {
+  const int64_t* shapes;  // (num_levels, 2): height, width
+  const int64_t* starts;  // (num_levels,)
+};
+
+template <typename scalar_t>
+void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
+                      const at::Tensor& weights, at::Tensor& output, const MsdaDims& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* value_ptr = value.const_data_ptr<scalar_t>();
+  const scalar_t* loc_ptr = locations.const_data_ptr<scalar_t>();
+  const scalar_t* attn_ptr = weights.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
+  const int64_t row_stride = d.num_heads * d.head_dim;
+  const int64_t points_per_head = d.num_levels * d.num_points;
+
+  at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(d.head_dim);
+    for (int64_t bq = begin; bq < end; ++bq) {
+      const int64_t b = bq / d.num_queries;
+      for (int64_t h = 0; h < d.num_heads; ++h) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        const scalar_t* value_bh = value_ptr + (b * d.num_values * d.num_heads + h) * d.head_dim;
+        const int64_t point_base = (bq * d.num_heads + h) * points_per_head;
+        for (int64_t l = 0; l < d.num_levels; ++l) {
+          const int64_t height = lv.shapes[2 * l];
+          const int64_t width = lv.shapes[2 * l + 1];
+          const int64_t start = lv.starts[l];
+          for (int64_t p = 0; p < d.num_points; ++p) {
+            const int64_t point = point_base + l * d.num_points + p;
+            BilinearTaps<acc_t> taps;
+            if (!resolve_taps<acc_t>(static_cast<acc_t>(loc_ptr[2 * point]),
+                                     static_cast<acc_t>(loc_ptr[2 * point + 1]), height, width, start,
+                                     d.num_values, taps)) {
+              continue;
+            }
+            const acc_t attn = static_cast<acc_t>(attn_ptr[point]);
+            for (int k = 0; k < 4; ++k) {
+              if (!taps.valid[k]) continue;
+              const acc_t w = attn * taps.weight[k];
+              const scalar_t* row = value_bh + taps.row[k] * row_stride;
+              for (int64_t c = 0; c < d.head_dim; ++c) acc[c] += w * static_cast<acc_t>(row[c]);
+            }
+          }
+        }
+        scalar_t* out_row = out_ptr + (bq * d.num_heads + h) * d.head_dim;
+        for (int64_t c = 0; c < d.head_dim; ++c) out_row[c] = static_cast<scalar_t>(acc[c]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& value, const MsdaPointers& lv,
+                       const at::Tensor& locations, const at::Tensor& weights, at::Tensor& grad_value_acc,
+                       at::Tensor& grad_locations, at::Tensor& grad_weights, const MsdaDims& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_ptr = grad_output.const_data_ptr<scalar_t>();
+  const scalar_t* value_ptr = value.const_data_ptr<scalar_t>();
+  const scalar_t* loc_ptr = locations.const_data_ptr<scalar_t>();
+  const scalar_t* attn_ptr = weights.const_data_ptr<scalar_t>();
+  acc_t* grad_value_ptr = grad_value_acc.mutable_data_ptr<acc_t>();
+  scalar_t* grad_loc_ptr = grad_locations.mutable_data_ptr<scalar_t>();
+  scalar_t* grad_attn_ptr = grad_weights.mutable_data_ptr<scalar_t>();
+  const int64_t row_stride = d.num_heads * d.head_dim;
+  const int64_t points_per_head = d.num_levels * d.num_points;
+
+  at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> grad(d.head_dim);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / d.num_heads;
+      const int64_t h = bh % d.num_heads;
+      const int64_t slice = (b * d.num_values * d.num_heads + h) * d.head_dim;
+      const scalar_t* value_bh = value_ptr + slice;
+      acc_t* grad_value_bh = grad_value_ptr + slice;
+      for (int64_t q = 0; q < d.num_queries; ++q) {
+        const int64_t bq = b * d.num_queries + q;
+        const scalar_t* grad_row = grad_ptr + (bq * d.num_heads + h) * d.head_dim;
+        for (int64_t c = 0; c < d.head_dim; ++c) grad[c] = static_cast<acc_t>(grad_row[c]);
+        const int64_t point_base = (bq * d.num_heads + h) * points_per_head;
+        for (int64_t l = 0; l < d.num_levels; ++l) {
+          const int64_t height = lv.shapes[2 * l];
+          const int64_t width = lv.shapes[2 * l + 1];
+          const int64_t start = lv.starts[l];
+          for (int64_t p = 0; p < d.num_points; ++p) {
+            const int64_t point = point_base + l * d.num_points + p;
+            BilinearTaps<acc_t> taps;
+            if (!resolve_taps<acc_t>(static_cast<acc_t>(loc_ptr[2 * point]),
+                                     static_cast<acc_t>(loc_ptr[2 * point + 1]), height, width, start,
+                                     d.num_values, taps)) {
+              grad_loc_ptr[2 * point] = scalar_t(0);
+              grad_loc_ptr[2 * point + 1] = scalar_t(0);
+              grad_attn_ptr[point] = scalar_t(0);
+              continue;
+            }
+            const acc_t attn = static_cast<acc_t>(attn_ptr[point]);
+            acc_t corner_dot[4] = {0, 0, 0, 0};
+            for (int k = 0; k < 4; ++k) {
+              if (!taps.valid[k]) continue;
+              const scalar_t* row = value_bh + taps.row[k] * row_stride;
+              acc_t* grad_value_row = grad_value_bh + taps.row[k] * row_stride;
+              const acc_t w = attn * taps.weight[k];
+              acc_t dot = 0;
+              for (int64_t c = 0; c < d.head_dim; ++c) {
+                dot += static_cast<acc_t>(row[c]) * grad[c];
+                grad_value_row[c] += w * grad[c];
+              }
+              corner_dot[k] = dot;
+            }
+            const PointGrad<acc_t> g = point_gradient<acc_t>(taps, corner_dot, attn, height, width);
+            grad_loc_ptr[2 * point] = static_cast<scalar_t>(g.loc_x);
+            grad_loc_ptr[2 * point + 1] = static_cast<scalar_t>(g.loc_y);
+            grad_attn_ptr[point] = static_cast<scalar_t>(g.attn);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                              const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                              const at::Tensor& attention_weights) {
+  const MsdaDims d =
+      check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
+  const auto value_c = value.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous();
+  const auto starts_c = level_start_index.contiguous();
+  const auto loc_c = sampling_locations.contiguous();
+  const auto attn_c = attention_weights.contiguous();
+  auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
+  if (output.numel() == 0) return output;
+  const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
+    forward_cpu_impl<scalar_t>(value_c, lv, loc_c, attn_c, output, d);
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const MsdaDims d =
+      check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_ms_deform_attn_grad(grad_output, value, d);
+  check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
+  const auto grad_c = grad_output.contiguous();
+  const auto value_c = value.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous();
+  const auto starts_c = level_start_index.contiguous();
+  const auto loc_c = sampling_locations.contiguous();
+  const auto attn_c = attention_weights.contiguous();
+  // Half inputs accumulate grad_value in float32; float and double accumulate in place.
+  const auto acc_dtype = at::toOpMathType(value.scalar_type());
+  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
+  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
+  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  if (grad_locations.numel() > 0 && value.numel() > 0) {
+    const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu",
+                                    [&] {
+                                      backward_cpu_impl<scalar_t>(grad_c, value_c, lv, loc_c, attn_c, grad_value_acc,
+                                                                  grad_locations, grad_weights, d);
+                                    });
+  } else {
+    grad_locations.zero_();
+    grad_weights.zero_();
+  }
+  auto grad_value = acc_dtype == value.scalar_type() ? grad_value_acc : grad_value_acc.to(value.scalar_type());
+  return {grad_value, grad_locations, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmgdino, CPU, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_cpu);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+}
+
+}  // namespace mmgdino

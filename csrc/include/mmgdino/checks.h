@@ -1,0 +1,42 @@
+// Argument validation shared by every compiled backend of the mmgdino operators. Messages name the tensor
+// and the shape expected, in the words of the Python API, and surface in Python as ValueError/TypeError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace mmgdino {
+
+struct MsdaDims {
+  int64_t batch;
+  int64_t num_values;
+  int64_t num_heads;
+  int64_t head_dim;
+  int64_t num_queries;
+  int64_t num_levels;
+  int64_t num_points;
+};
+
+// Ranks, sizes, dtypes and devices of the ms_deform_attn arguments (reads no tensor data, so no host sync).
+MsdaDims check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                   const at::Tensor& attention_weights);
+
+// grad_output must be (batch, num_queries, num_heads * head_dim) in value's dtype and device.
+void check_ms_deform_attn_grad(const at::Tensor& grad_output, const at::Tensor& value, const MsdaDims& dims);
+
+// Reads spatial_shapes / level_start_index (host tensors only) and rejects levels that are empty or
+// reach past value's num_values rows. Device kernels bounds-guard instead, to avoid a host sync.
+void check_level_extents_on_host(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                                 int64_t num_values);
+
+struct ContrastiveDims {
+  int64_t batch;
+  int64_t num_rows;
+  int64_t num_tokens;
+  int64_t dim;
+};
+
+ContrastiveDims check_contrastive_args(const at::Tensor& vision, const at::Tensor& text,
+                                       const at::Tensor& text_token_mask, const at::Tensor& bias);
+
+}  // namespace mmgdino

@@ -1,0 +1,8 @@
+"""mmgdino: fast MM Grounding DINO (also LLMDet and Grounding DINO) on top of transformers."""
+
+__version__ = "0.1.0"
+
+from . import ops  # noqa: E402
+from .ops import available_backends, contrastive_logits, contrastive_max, ms_deform_attn  # noqa: E402
+
+__all__ = ["ops", "available_backends", "contrastive_logits", "contrastive_max", "ms_deform_attn", "__version__"]

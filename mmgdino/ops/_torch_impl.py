@@ -1,0 +1,85 @@
+"""Pure-PyTorch implementations: the "torch" backend, the default kernel of every operator on devices without
+a compiled one, and (in float64) the reference the tests check the kernels against.
+
+Any device, differentiable, no host syncs. The deformable attention is written as a weighted embedding bag:
+each (batch, head, query) sums num_levels * num_points * 4 bilinear corners of value, with the corner weight
+times the attention weight as the per-sample weight. That never materializes a (B*H, D, Q, L*P) tensor as the
+grid_sample formulation does, and autograd gives the gradients of value, locations and weights.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    batch, num_values, num_heads, head_dim = value.shape
+    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    dtype = _compute_dtype(value.dtype)
+    # (B, S, H, D) -> (B * H * S, D): one embedding table, rows of head h of batch b at offset (b * H + h) * S.
+    table = value.to(dtype).permute(0, 2, 1, 3).reshape(batch * num_heads * num_values, head_dim)
+    loc = sampling_locations.to(dtype).permute(0, 2, 1, 3, 4, 5)  # (B, H, Q, L, P, 2)
+    attn = attention_weights.to(dtype).permute(0, 2, 1, 3, 4)  # (B, H, Q, L, P)
+
+    level_shape = (1, 1, 1, num_levels, 1)
+    height_i = spatial_shapes[:, 0].view(level_shape)
+    width_i = spatial_shapes[:, 1].view(level_shape)
+    start = level_start_index.view(level_shape)
+    # align_corners=False: pixel coordinate = normalized * size - 0.5
+    x = loc[..., 0] * width_i.to(dtype) - 0.5
+    y = loc[..., 1] * height_i.to(dtype) - 0.5
+    touches_map = (x > -1) & (y > -1) & (x < width_i) & (y < height_i)  # False for NaN and inf
+    x = torch.where(touches_map, x, torch.zeros_like(x))
+    y = torch.where(touches_map, y, torch.zeros_like(y))
+    x0, y0 = x.floor(), y.floor()
+    frac_x, frac_y = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+
+    head_offset = (torch.arange(batch * num_heads, device=value.device) * num_values).view(batch, num_heads, 1, 1, 1)
+    rows, weights = [], []
+    for dy, dx, corner_weight in (
+        (0, 0, (1 - frac_y) * (1 - frac_x)),
+        (0, 1, (1 - frac_y) * frac_x),
+        (1, 0, frac_y * (1 - frac_x)),
+        (1, 1, frac_y * frac_x),
+    ):
+        yi, xi = y0 + dy, x0 + dx
+        row = start + yi * width_i + xi
+        inside = touches_map & (yi >= 0) & (yi < height_i) & (xi >= 0) & (xi < width_i) & (row >= 0) & (row < num_values)
+        rows.append(torch.where(inside, row, torch.zeros_like(row)) + head_offset)
+        weights.append(torch.where(inside, corner_weight * attn, torch.zeros_like(attn)))
+    bag_size = num_levels * num_points * 4
+    rows = torch.stack(rows, dim=-1).reshape(-1, bag_size)
+    weights = torch.stack(weights, dim=-1).reshape(-1, bag_size)
+    out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # (B * H * Q, D)
+    out = out.view(batch, num_heads, num_queries, head_dim).permute(0, 2, 1, 3)
+    return out.reshape(batch, num_queries, num_heads * head_dim).to(value.dtype)
+
+
+def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (value, sampling_locations, attention_weights)]
+        out = ms_deform_attn(inputs[0], spatial_shapes, level_start_index, inputs[1], inputs[2])
+        grads = torch.autograd.grad(out, inputs, grad_output, allow_unused=True)
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs))
+
+
+def _masked_logits(vision, text, text_token_mask, bias, scale):
+    dtype = _compute_dtype(vision.dtype)
+    logits = torch.matmul(vision.to(dtype), text.to(dtype).transpose(-1, -2)) * scale + bias.to(dtype)
+    return logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
+
+
+def contrastive_logits(vision, text, text_token_mask, bias, scale, max_text_len):
+    logits = _masked_logits(vision, text, text_token_mask, bias, scale)
+    return F.pad(logits, (0, max_text_len - text.shape[1]), value=float("-inf"))
+
+
+def contrastive_max(vision, text, text_token_mask, bias, scale):
+    logits = _masked_logits(vision, text, text_token_mask, bias, scale)
+    if text.shape[1] == 0:
+        return logits.new_full(logits.shape[:2], float("-inf"))
+    return logits.amax(dim=-1)

@@ -1,0 +1,31 @@
+"""mmgdino.ops.ms_deform_attn: multi-scale deformable attention, as transformers' MultiScaleDeformableAttention."""
+
+import torch
+
+from . import _backends, _checks, _torch_impl
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *, backend=None):
+    """Multi-scale deformable attention (bilinear sampling, zero padding, align_corners=False).
+
+    Args:
+        value: (batch, num_values, num_heads, head_dim), the flattened feature levels.
+        spatial_shapes: (num_levels, 2) int64, (height, width) of each level.
+        level_start_index: (num_levels,) int64, first row of each level in value.
+        sampling_locations: (batch, num_queries, num_heads, num_levels, num_points, 2), normalized (x, y).
+        attention_weights: (batch, num_queries, num_heads, num_levels, num_points).
+        backend: "cuda", "triton", "cpu", "torch", or None for the best one available for value's device.
+
+    Returns:
+        (batch, num_queries, num_heads * head_dim) in value's dtype. Differentiable in value,
+        sampling_locations and attention_weights on every backend.
+    """
+    _checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    chosen = _backends.select_backend("ms_deform_attn", backend, value.device)
+    if chosen == "torch":
+        return _torch_impl.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if chosen == "triton":
+        return torch.ops.mmgdino.ms_deform_attn_triton(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return torch.ops.mmgdino.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

@@ -1,0 +1,98 @@
+"""Build mmgdino and its one extension, mmgdino._C.
+
+Switches (environment variables):
+  MMGDINO_FORCE_CPU=1      build the C++ CPU kernels only, even where CUDA could be built
+  MMGDINO_FORCE_CUDA=1     fail unless the CUDA kernels are built (e.g. in a GPU-less build container)
+  TORCH_CUDA_ARCH_LIST     CUDA architectures; default "8.0;8.6;8.9;9.0+PTX"
+  MAX_JOBS                 parallel compile jobs (ninja)
+  MMGDINO_SKIP_EXTENSION=1 install the Python package only (every op then runs on its torch backend)
+
+Build with `pip install --no-build-isolation .` so the extension matches the torch already installed.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _choose_cuda(torch, cuda_home):
+    """Returns (build_cuda, reason)."""
+    force_cpu, force_cuda = _flag("MMGDINO_FORCE_CPU"), _flag("MMGDINO_FORCE_CUDA")
+    if force_cpu and force_cuda:
+        sys.exit("mmgdino: MMGDINO_FORCE_CPU and MMGDINO_FORCE_CUDA are both set; choose one")
+    if force_cpu:
+        return False, "MMGDINO_FORCE_CPU=1"
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU build")
+    if cuda_home is None:
+        problems.append("nvcc not found (set CUDA_HOME)")
+    if problems:
+        if force_cuda:
+            sys.exit("mmgdino: MMGDINO_FORCE_CUDA=1 but " + "; ".join(problems))
+        return False, "; ".join(problems)
+    return True, "MMGDINO_FORCE_CUDA=1" if force_cuda else f"torch CUDA {torch.version.cuda} and nvcc found"
+
+
+def _extensions():
+    if _flag("MMGDINO_SKIP_EXTENSION"):
+        print("mmgdino build: MMGDINO_SKIP_EXTENSION=1, Python package only", flush=True)
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    build_cuda, reason = _choose_cuda(torch, CUDA_HOME)
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # -fopenmp matters: ATen's parallel_for is a header template that parallelizes only under _OPENMP.
+    extra = {"cxx": cxx_flags}
+    define_macros = []
+    if build_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        define_macros.append(("MMGDINO_WITH_CUDA", None))
+        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        ext_type = CUDAExtension
+    else:
+        ext_type = CppExtension
+    print(
+        "mmgdino build configuration:\n"
+        f"  torch          {torch.__version__} (CUDA {torch.version.cuda})\n"
+        f"  CUDA kernels   {'yes' if build_cuda else 'no'} ({reason})\n"
+        f"  CUDA_HOME      {CUDA_HOME}\n"
+        f"  arch list      {os.environ.get('TORCH_CUDA_ARCH_LIST', '-') if build_cuda else '-'}\n"
+        f"  MAX_JOBS       {os.environ.get('MAX_JOBS', 'ninja default')}\n"
+        f"  sources        {len(sources)} files",
+        flush=True,
+    )
+    ext = ext_type(
+        name="mmgdino._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=["mmgdino", "mmgdino.ops", "mmgdino.kernels"],
+    # The Triton sources sit in top-level kernels/ but install only as mmgdino.kernels: a top-level package
+    # named `kernels` would shadow Hugging Face's hub-kernel library, which transformers probes for.
+    package_dir={"mmgdino": "mmgdino", "mmgdino.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
