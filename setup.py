@@ -53,7 +53,7 @@ def _extensions():
     build_cuda, reason = _choose_cuda(torch, CUDA_HOME)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]
     # -fopenmp matters: ATen's parallel_for is a header template that parallelizes only under _OPENMP.
     extra = {"cxx": cxx_flags}
     define_macros = []
@@ -61,7 +61,7 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         define_macros.append(("MMGDINO_WITH_CUDA", None))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
         ext_type = CUDAExtension
     else:
         ext_type = CppExtension

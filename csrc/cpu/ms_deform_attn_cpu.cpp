@@ -9,6 +9,7 @@
 
 #include "mmgdino/checks.h"
 #include "mmgdino/sampling.h"
+#include "msda_cpu_float.h"
 
 namespace mmgdino {
 namespace {
@@ -17,6 +18,48 @@ struct MsdaPointers {
   const int64_t* shapes;  // (num_levels, 2): height, width
   const int64_t* starts;  // (num_levels,)
 };
+
+// Gathers the valid bilinear corners of one (query, head) over all levels and points: their rows in value and
+// their weights (bilinear weight times attention weight). Prefetches each row, so the loads of the channel
+// loop that follows overlap instead of missing cache one after another.
+template <typename scalar_t, typename acc_t>
+inline int gather_taps(const scalar_t* loc, const scalar_t* attn, const MsdaPointers& lv, const MsdaDims& d,
+                       const scalar_t* value_bh, int64_t row_stride, int64_t* tap_rows, acc_t* tap_weights) {
+  int count = 0;
+  for (int64_t l = 0; l < d.num_levels; ++l) {
+    const int64_t height = lv.shapes[2 * l];
+    const int64_t width = lv.shapes[2 * l + 1];
+    const int64_t start = lv.starts[l];
+    for (int64_t p = 0; p < d.num_points; ++p) {
+      const int64_t point = l * d.num_points + p;
+      BilinearTaps<acc_t> taps;
+      if (!resolve_taps<acc_t>(static_cast<acc_t>(loc[2 * point]), static_cast<acc_t>(loc[2 * point + 1]), height,
+                               width, start, d.num_values, taps)) {
+        continue;
+      }
+      const acc_t a = static_cast<acc_t>(attn[point]);
+      for (int k = 0; k < 4; ++k) {
+        if (!taps.valid[k]) continue;
+        __builtin_prefetch(value_bh + taps.row[k] * row_stride);
+        tap_rows[count] = taps.row[k];
+        tap_weights[count] = a * taps.weight[k];
+        ++count;
+      }
+    }
+  }
+  return count;
+}
+
+// out[c] = sum_i weight[i] * value_bh[row[i]][c]
+template <typename scalar_t, typename acc_t>
+inline void weighted_rows_sum(const scalar_t* value_bh, int64_t row_stride, const int64_t* rows, const acc_t* weights,
+                              int count, int64_t dim, scalar_t* out) {
+  for (int64_t c = 0; c < dim; ++c) {
+    acc_t acc = 0;
+    for (int i = 0; i < count; ++i) acc += weights[i] * static_cast<acc_t>(value_bh[rows[i] * row_stride + c]);
+    out[c] = static_cast<scalar_t>(acc);
+  }
+}
 
 template <typename scalar_t>
 void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
@@ -30,39 +73,45 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
   const int64_t points_per_head = d.num_levels * d.num_points;
 
   at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(d.head_dim);
+    std::vector<int64_t> tap_rows(points_per_head * 4);
+    std::vector<acc_t> tap_weights(points_per_head * 4);
     for (int64_t bq = begin; bq < end; ++bq) {
       const int64_t b = bq / d.num_queries;
       for (int64_t h = 0; h < d.num_heads; ++h) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
         const scalar_t* value_bh = value_ptr + (b * d.num_values * d.num_heads + h) * d.head_dim;
         const int64_t point_base = (bq * d.num_heads + h) * points_per_head;
-        for (int64_t l = 0; l < d.num_levels; ++l) {
-          const int64_t height = lv.shapes[2 * l];
-          const int64_t width = lv.shapes[2 * l + 1];
-          const int64_t start = lv.starts[l];
-          for (int64_t p = 0; p < d.num_points; ++p) {
-            const int64_t point = point_base + l * d.num_points + p;
-            BilinearTaps<acc_t> taps;
-            if (!resolve_taps<acc_t>(static_cast<acc_t>(loc_ptr[2 * point]),
-                                     static_cast<acc_t>(loc_ptr[2 * point + 1]), height, width, start,
-                                     d.num_values, taps)) {
-              continue;
-            }
-            const acc_t attn = static_cast<acc_t>(attn_ptr[point]);
-            for (int k = 0; k < 4; ++k) {
-              if (!taps.valid[k]) continue;
-              const acc_t w = attn * taps.weight[k];
-              const scalar_t* row = value_bh + taps.row[k] * row_stride;
-              for (int64_t c = 0; c < d.head_dim; ++c) acc[c] += w * static_cast<acc_t>(row[c]);
-            }
-          }
-        }
-        scalar_t* out_row = out_ptr + (bq * d.num_heads + h) * d.head_dim;
-        for (int64_t c = 0; c < d.head_dim; ++c) out_row[c] = static_cast<scalar_t>(acc[c]);
+        const int count = gather_taps<scalar_t, acc_t>(loc_ptr + 2 * point_base, attn_ptr + point_base, lv, d,
+                                                       value_bh, row_stride, tap_rows.data(), tap_weights.data());
+        weighted_rows_sum(value_bh, row_stride, tap_rows.data(), tap_weights.data(), count, d.head_dim,
+                                out_ptr + (bq * d.num_heads + h) * d.head_dim);
       }
     }
   });
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// The float32 fast path handles head sizes 8, 16, 32, 64 and 128 (returns 0 otherwise).
+int float_fast_path_chunks(const at::Tensor& value, const MsdaDims& d) {
+  if (value.scalar_type() != at::kFloat || d.num_levels * d.num_points * 4 > kMaxTapsPerHead) return 0;
+  switch (d.head_dim) {
+    case 8: case 16: case 32: case 64: case 128: return static_cast<int>(d.head_dim / 8);
+    default: return 0;
+  }
+}
+
+FloatMsdaArgs float_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
+                         const at::Tensor& weights, const MsdaDims& d) {
+  return FloatMsdaArgs{value.const_data_ptr<float>(), lv.shapes, lv.starts, locations.const_data_ptr<float>(),
+                       weights.const_data_ptr<float>(), d.num_values, d.num_heads, d.num_queries, d.num_levels,
+                       d.num_points};
 }
 
 template <typename scalar_t>
@@ -147,6 +196,16 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
   if (output.numel() == 0) return output;
   const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
+  if (const int chunks = float_fast_path_chunks(value, d)) {
+    const FloatMsdaArgs args = float_args(value_c, lv, loc_c, attn_c, d);
+    float* out = output.mutable_data_ptr<float>();
+    const bool avx2 = cpu_has_avx2();
+    at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
+      avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
+           : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
+    });
+    return output;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
     forward_cpu_impl<scalar_t>(value_c, lv, loc_c, attn_c, output, d);
   });
@@ -174,11 +233,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
   if (grad_locations.numel() > 0 && value.numel() > 0) {
     const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu",
-                                    [&] {
-                                      backward_cpu_impl<scalar_t>(grad_c, value_c, lv, loc_c, attn_c, grad_value_acc,
-                                                                  grad_locations, grad_weights, d);
-                                    });
+    if (const int chunks = float_fast_path_chunks(value, d)) {
+      const FloatMsdaArgs args = float_args(value_c, lv, loc_c, attn_c, d);
+      const float* grad = grad_c.const_data_ptr<float>();
+      float* grad_value = grad_value_acc.mutable_data_ptr<float>();
+      float* grad_loc = grad_locations.mutable_data_ptr<float>();
+      float* grad_attn = grad_weights.mutable_data_ptr<float>();
+      const bool avx2 = cpu_has_avx2();
+      at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
+        avx2 ? cpu_avx2::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)
+             : cpu_baseline::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
+      });
+    } else {
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+            backward_cpu_impl<scalar_t>(grad_c, value_c, lv, loc_c, attn_c, grad_value_acc, grad_locations,
+                                        grad_weights, d);
+          });
+    }
   } else {
     grad_locations.zero_();
     grad_weights.zero_();

@@ -20,7 +20,10 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         (batch, num_queries, num_heads * head_dim) in value's dtype. Differentiable in value,
         sampling_locations and attention_weights on every backend.
     """
-    _checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    dims = _checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if spatial_shapes.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Reading a host tensor costs nothing; device kernels bounds-guard instead of syncing to check.
+        _checks.check_level_extents(spatial_shapes, level_start_index, dims[1])
     chosen = _backends.select_backend("ms_deform_attn", backend, value.device)
     if chosen == "torch":
         return _torch_impl.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

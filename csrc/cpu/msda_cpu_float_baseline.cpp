@@ -1,0 +1,7 @@
+#include "msda_cpu_float.h"
+
+namespace mmgdino {
+namespace cpu_baseline {
+#include "msda_cpu_float_kernels.inc"
+}  // namespace cpu_baseline
+}  // namespace mmgdino

@@ -1,0 +1,197 @@
+import math
+
+import pytest
+import torch
+
+import mmgdino
+from mmgdino import ops
+from helpers import TOLERANCE, level_table, msda_inputs, msda_reference, rel_err
+
+CPU_BACKENDS = ops.available_backends("ms_deform_attn", "cpu")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _run(backend, inputs):
+    return ops.ms_deform_attn(*inputs, backend=backend)
+
+
+CASES = {
+    "default": {},
+    "one_level_1x1": dict(shapes=((1, 1),), points=2),
+    "five_levels": dict(shapes=((9, 7), (5, 4), (3, 2), (2, 2), (1, 1)), points=4),
+    "eight_points": dict(points=8, heads=3),
+    "one_point": dict(points=1),
+    "odd_head_dim": dict(head_dim=5, heads=3),
+    "head_dim_33": dict(head_dim=33),
+    "head_dim_32": dict(head_dim=32, heads=4),
+    "batch_3": dict(batch=3, queries=4),
+    "zero_queries": dict(queries=0),
+    "non_contiguous": dict(contiguous=False, head_dim=16),
+    "far_outside": dict(spread=4.0),
+}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_matches_float64_reference(backend, dtype, case):
+    inputs = msda_inputs(dtype=dtype, **CASES[case])
+    out = _run(backend, inputs)
+    ref = msda_reference(*inputs)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+GRAD_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["default", "five_levels", "odd_head_dim", "head_dim_32", "non_contiguous"])
+def test_backward_matches_float64_reference(backend, dtype, case):
+    # Keep points off pixel boundaries: the location gradient jumps there, so rounding could pick either side.
+    value, shapes, starts, loc, attn = msda_inputs(dtype=dtype, border_fraction=0.0, **CASES[case])
+    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]).to(dtype)
+
+    def grads(v, l, a, backend):
+        v, l, a = (t.detach().requires_grad_(True) for t in (v, l, a))
+        out = ops.ms_deform_attn(v, shapes, starts, l, a, backend=backend)
+        return torch.autograd.grad(out, (v, l, a), grad_out.to(out.dtype))
+
+    got = grads(value, loc, attn, backend)
+    want = grads(value.double(), loc.double(), attn.double(), "torch")
+    for name, g, r in zip(("value", "sampling_locations", "attention_weights"), got, want):
+        assert g.dtype == dtype, name
+        assert rel_err(g, r) <= GRAD_TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(backend):
+    value, shapes, starts, loc, attn = msda_inputs(
+        shapes=((4, 5), (2, 3), (1, 1)), batch=2, queries=3, heads=2, head_dim=3, points=2, dtype=torch.float64,
+        border_fraction=0.0,
+    )
+    inputs = tuple(t.requires_grad_(True) for t in (value, loc, attn))
+    assert torch.autograd.gradcheck(
+        lambda v, l, a: ops.ms_deform_attn(v, shapes, starts, l, a, backend=backend), inputs, eps=1e-6, atol=1e-6
+    )
+
+
+def test_cpu_kernel_equals_torch_backend_bitwise_in_float64():
+    inputs = msda_inputs(dtype=torch.float64)
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("mmgdino._C is not built")
+    torch.testing.assert_close(_run("cpu", inputs), _run("torch", inputs), rtol=1e-13, atol=1e-13)
+
+
+def _transformers_msda():
+    from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MultiScaleDeformableAttention
+
+    return MultiScaleDeformableAttention()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_matches_transformers_module(backend, dtype):
+    value, shapes, starts, loc, attn = msda_inputs(
+        shapes=((10, 12), (5, 6), (3, 3), (2, 1)), queries=20, heads=4, head_dim=8, points=4, dtype=dtype
+    )
+    theirs = _transformers_msda()(value, shapes, [tuple(s) for s in shapes.tolist()], starts, loc, attn, 64)
+    ours = ops.ms_deform_attn(value, shapes, starts, loc, attn, backend=backend)
+    assert rel_err(ours, theirs) <= TOLERANCE[dtype] * 10
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_and_inf_locations_sample_nothing(backend):
+    value, shapes, starts, loc, attn = msda_inputs(border_fraction=0.0)
+    bad = loc.clone()
+    bad[0, 0, 0, 0, 0, 0] = float("nan")
+    bad[1, 2, 1, 1, 0, 1] = float("inf")
+    bad[0, 3, 1, 0, 1] = float("-inf")
+    out = ops.ms_deform_attn(value, shapes, starts, bad, attn, backend=backend)
+    assert torch.isfinite(out).all()
+    # Same as moving those points far off the map.
+    off_map = torch.where(torch.isfinite(bad), bad, torch.full_like(bad, 5.0))
+    torch.testing.assert_close(out, ops.ms_deform_attn(value, shapes, starts, off_map, attn, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck(backend):
+    if backend == "triton":
+        op = torch.ops.mmgdino.ms_deform_attn_triton.default
+    else:
+        op = torch.ops.mmgdino.ms_deform_attn.default
+    value, shapes, starts, loc, attn = msda_inputs(dtype=torch.float64, queries=4, border_fraction=0.0)
+    args = (value.requires_grad_(True), shapes, starts, loc.requires_grad_(True), attn.requires_grad_(True))
+    torch.library.opcheck(op, args)
+
+
+def test_opcheck_backward_operator():
+    value, shapes, starts, loc, attn = msda_inputs(dtype=torch.float32, queries=4)
+    grad = torch.randn(value.shape[0], 4, value.shape[2] * value.shape[3])
+    torch.library.opcheck(torch.ops.mmgdino.ms_deform_attn_backward.default, (grad, value, shapes, starts, loc, attn))
+
+
+def test_default_backend_on_cpu_is_the_best_available():
+    assert ops.available_backends("ms_deform_attn", "cpu")[0] == ("cpu" if mmgdino._extension.has_cpu_kernels else "torch")
+    assert "torch" in ops.available_backends("ms_deform_attn", "cpu")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad(**changes):
+    value, shapes, starts, loc, attn = msda_inputs()
+    args = dict(value=value, spatial_shapes=shapes, level_start_index=starts, sampling_locations=loc, attention_weights=attn)
+    args.update(changes)
+    return args
+
+
+BAD_INPUTS = {
+    "value_rank": (lambda a: dict(value=a["value"].flatten(2)), ValueError, "value must have shape"),
+    "shapes_rank": (lambda a: dict(spatial_shapes=a["spatial_shapes"].flatten()), ValueError, "spatial_shapes must have shape"),
+    "shapes_dtype": (lambda a: dict(spatial_shapes=a["spatial_shapes"].int()), TypeError, "spatial_shapes must be int64"),
+    "starts_len": (lambda a: dict(level_start_index=a["level_start_index"][:2]), ValueError, "level_start_index must have shape"),
+    "loc_heads": (lambda a: dict(sampling_locations=a["sampling_locations"][:, :, :1]), ValueError, "sampling_locations must have shape"),
+    "loc_last_dim": (lambda a: dict(sampling_locations=a["sampling_locations"][..., :1]), ValueError, "sampling_locations must have shape"),
+    "attn_points": (lambda a: dict(attention_weights=a["attention_weights"][..., :1]), ValueError, "attention_weights must have shape"),
+    "attn_dtype": (lambda a: dict(attention_weights=a["attention_weights"].double()), TypeError, "share one dtype"),
+    "value_int": (lambda a: dict(value=a["value"].long()), TypeError, "value must be float64"),
+    "level_too_big": (
+        lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[2, 1], [1, 1], [1, 1]])),
+        ValueError,
+        "num_values",
+    ),
+    "level_start_past_end": (lambda a: dict(level_start_index=a["level_start_index"] + 50), ValueError, "num_values"),
+    "level_empty": (lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[1, 1], [0, 1], [1, 1]])), ValueError, "positive"),
+}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_clear_error(backend, case):
+    change, error, words = BAD_INPUTS[case]
+    args = _bad()
+    args.update(change(args))
+    with pytest.raises(error, match=words):
+        ops.ms_deform_attn(**args, backend=backend)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_from_the_raw_operator(case):
+    """Direct torch.ops callers get the C++ checks (or the default kernel's) with the same words."""
+    change, error, words = BAD_INPUTS[case]
+    args = _bad()
+    args.update(change(args))
+    with pytest.raises((error, RuntimeError), match=words):
+        torch.ops.mmgdino.ms_deform_attn(*args.values())
+
+
+def test_unknown_and_unavailable_backends_name_the_available_ones():
+    inputs = msda_inputs()
+    with pytest.raises(ValueError, match="available on cpu: .*torch"):
+        ops.ms_deform_attn(*inputs, backend="nope")
+    with pytest.raises(ValueError, match="not available .*available: .*torch"):
+        ops.ms_deform_attn(*inputs, backend="cuda")
+    with pytest.raises(ValueError, match="unknown mmgdino operator"):
+        ops.available_backends("nope")
