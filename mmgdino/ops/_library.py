@@ -47,7 +47,11 @@ def _ms_deform_attn_backward_fake(
 ):
     dims = _checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     _checks.check_ms_deform_attn_grad(grad_output, value, dims[4])
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+    return (
+        value.new_empty(value.shape),
+        sampling_locations.new_empty(sampling_locations.shape),
+        attention_weights.new_empty(attention_weights.shape),
+    )
 
 
 @torch.library.register_fake("mmgdino::contrastive_logits")
@@ -70,17 +74,20 @@ def _ms_deform_attn_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _ms_deform_attn_backward(ctx, grad_output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = torch.ops.mmgdino.ms_deform_attn_backward(
-        grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
-    return grad_value, None, None, grad_locations, grad_weights
+def register_ms_deform_attn_autograd(op_name, backward_op):
+    """Autograd for a forward operator whose gradients come from `backward_op` (same argument order)."""
+
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = backward_op(
+            grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return grad_value, None, None, grad_locations, grad_weights
+
+    torch.library.register_autograd(op_name, backward, setup_context=_ms_deform_attn_setup_context)
 
 
-torch.library.register_autograd(
-    "mmgdino::ms_deform_attn", _ms_deform_attn_backward, setup_context=_ms_deform_attn_setup_context
-)
+register_ms_deform_attn_autograd("mmgdino::ms_deform_attn", torch.ops.mmgdino.ms_deform_attn_backward)
 
 
 def _contrastive_logits_setup_context(ctx, inputs, output):
@@ -104,9 +111,13 @@ def _contrastive_logits_backward(ctx, grad_logits):
     return grad_vision, grad_text, None, grad_bias, None, None
 
 
-torch.library.register_autograd(
-    "mmgdino::contrastive_logits", _contrastive_logits_backward, setup_context=_contrastive_logits_setup_context
-)
+def register_contrastive_logits_autograd(op_name):
+    torch.library.register_autograd(
+        op_name, _contrastive_logits_backward, setup_context=_contrastive_logits_setup_context
+    )
+
+
+register_contrastive_logits_autograd("mmgdino::contrastive_logits")
 
 
 def default_scale(dim):

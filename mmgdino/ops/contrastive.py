@@ -10,7 +10,7 @@ def _bias_tensor(bias, like):
     if isinstance(bias, torch.Tensor):
         return bias
     # A device-side fill, not a host-to-device copy, so a Python float costs no transfer.
-    return like.new_full((), float(bias), dtype=torch.float32)
+    return like.new_full((), float(bias), dtype=_checks.logits_dtype(like.dtype))
 
 
 def _prepare(vision, text, text_token_mask, bias, scale):

@@ -1,0 +1,93 @@
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+import mmgdino
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _python(code, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_no_top_level_kernels_package_is_installed(tmp_path):
+    """transformers probes for Hugging Face's `kernels`; ours must only exist as mmgdino.kernels."""
+    result = _python(
+        """
+        import importlib.util
+        spec = importlib.util.find_spec("kernels")
+        print("none" if spec is None else spec.origin or "namespace")
+        import mmgdino.kernels
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    origin = result.stdout.strip()
+    assert origin == "none" or "mmgdino" not in origin, origin
+
+
+def test_repo_kernels_folder_is_not_a_regular_package():
+    assert (REPO / "kernels").is_dir()
+    assert not (REPO / "kernels" / "__init__.py").exists()
+
+
+def test_transformers_does_not_mistake_our_kernels_for_the_hub_library():
+    result = _python(
+        """
+        from transformers.utils.import_utils import is_kernels_available
+        print(is_kernels_available())
+        """,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    spec = importlib.util.find_spec("kernels")
+    expected = "True" if spec is not None and spec.origin and "mmgdino" not in spec.origin else "False"
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_unbuilt_checkout_runs_every_op_on_the_torch_backend(tmp_path):
+    result = _python(
+        f"""
+        import sys
+        sys.modules["mmgdino._C"] = None  # as if the extension was never built
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        import torch, mmgdino
+        from helpers import msda_inputs, msda_reference, contrastive_inputs, rel_err
+        assert mmgdino._extension.load_error, "expected the extension to be missing"
+        for op in ("ms_deform_attn", "contrastive_logits", "contrastive_max"):
+            compiled = [b for b in mmgdino.ops.available_backends(op, "cpu") if b != "triton"]  # triton: interpreter
+            assert compiled == ["torch"], compiled
+        inputs = msda_inputs()
+        assert rel_err(mmgdino.ms_deform_attn(*inputs), msda_reference(*inputs)) < 1e-5
+        # The raw operator falls back to its pure-PyTorch default kernel.
+        assert rel_err(torch.ops.mmgdino.ms_deform_attn(*inputs), msda_reference(*inputs)) < 1e-5
+        v, t, m = contrastive_inputs()
+        assert mmgdino.contrastive_logits(v, t, m).shape == (2, 7, 256)
+        try:
+            mmgdino.ms_deform_attn(*inputs, backend="cpu")
+        except ValueError as exc:
+            assert "not built" in str(exc), exc
+        else:
+            raise AssertionError("backend='cpu' should be unavailable")
+        print("ok")
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_version_and_public_api():
+    assert mmgdino.__version__
+    for name in ("ms_deform_attn", "contrastive_logits", "contrastive_max", "available_backends"):
+        assert callable(getattr(mmgdino.ops, name))
+    assert torch.ops.mmgdino.ms_deform_attn.default is not None
