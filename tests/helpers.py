@@ -69,3 +69,24 @@ def contrastive_inputs(batch=2, rows=7, tokens=5, dim=16, dtype=torch.float32, d
     if tokens > 0:
         mask[:, 0] = True
     return vision, text, mask
+
+
+def backend_params(op_name):
+    """pytest params (backend, device): the CPU backends available here, and every backend on CUDA (marked gpu,
+    so they are skipped without a GPU and run, in the same tests, on one)."""
+    import pytest
+
+    from mmgdino import ops
+
+    params = [pytest.param((b, "cpu"), id=f"{b}-cpu") for b in ops.available_backends(op_name, "cpu")]
+    for backend in ("cuda", "triton", "torch"):
+        params.append(pytest.param((backend, "cuda"), id=f"{backend}-cuda", marks=pytest.mark.gpu))
+    return params
+
+
+def opcheck_kwargs(backend, device):
+    """Under Triton's CPU interpreter the AOT-dispatch traces hand the kernel storage-less tensors, so those
+    opcheck stages run for Triton on GPUs only."""
+    if backend == "triton" and device == "cpu":
+        return {"test_utils": ("test_schema", "test_autograd_registration", "test_faketensor")}
+    return {}

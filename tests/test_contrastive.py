@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from mmgdino import ops
-from helpers import TOLERANCE, contrastive_inputs, rel_err
+from helpers import backend_params, opcheck_kwargs, TOLERANCE, contrastive_inputs, rel_err
 
-CPU_BACKENDS = ops.available_backends("contrastive_logits", "cpu")
+BACKENDS = backend_params("contrastive_logits")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 def _reference(vision, text, mask, bias, scale, max_text_len=256):
     logits = (vision.double() @ text.double().transpose(1, 2)) * scale + bias
     logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
-    padded = torch.full((*logits.shape[:2], max_text_len), float("-inf"), dtype=torch.float64)
+    padded = logits.new_full((*logits.shape[:2], max_text_len), float("-inf"))
     padded[..., : logits.shape[-1]] = logits
     return padded
 
@@ -34,12 +34,13 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("bias,scale", [(0.0, None), (-4.6, None), (0.0, 1.0), (1.5, 0.25)])
-def test_logits_match_float64_reference(backend, dtype, shape, bias, scale):
-    vision, text, mask = contrastive_inputs(dtype=dtype, **SHAPES[shape])
+def test_logits_match_float64_reference(backend_device, dtype, shape, bias, scale):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(dtype=dtype, device=device, **SHAPES[shape])
     out = ops.contrastive_logits(vision, text, mask, bias=bias, scale=scale, max_text_len=32, backend=backend)
     eff_scale = 1 / math.sqrt(vision.shape[-1]) if scale is None else scale
     ref = _reference(vision, text, mask, bias, eff_scale, 32)
@@ -49,11 +50,12 @@ def test_logits_match_float64_reference(backend, dtype, shape, bias, scale):
         assert _finite_rel_err(out, ref) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_max_matches_reference(backend, dtype, shape):
-    vision, text, mask = contrastive_inputs(dtype=dtype, **SHAPES[shape])
+def test_max_matches_reference(backend_device, dtype, shape):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(dtype=dtype, device=device, **SHAPES[shape])
     out = ops.contrastive_max(vision, text, mask, bias=-0.5, backend=backend)
     ref = _reference(vision, text, mask, -0.5, 1 / math.sqrt(vision.shape[-1]), text.shape[1]).amax(-1)
     assert out.shape == ref.shape
@@ -61,33 +63,36 @@ def test_max_matches_reference(backend, dtype, shape):
         assert rel_err(out, ref) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_max_of_fully_masked_row_is_minus_inf(backend):
-    vision, text, mask = contrastive_inputs()
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_max_of_fully_masked_row_is_minus_inf(backend_device):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(device=device)
     mask[1] = False
     out = ops.contrastive_max(vision, text, mask, backend=backend)
     assert torch.isneginf(out[1]).all() and torch.isfinite(out[0]).all()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_bias_as_parameter_tensor(backend):
-    vision, text, mask = contrastive_inputs()
-    bias = torch.nn.Parameter(torch.tensor(-2.0))
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_bias_as_parameter_tensor(backend_device):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(device=device)
+    bias = torch.nn.Parameter(torch.tensor(-2.0, device=device))
     a = ops.contrastive_logits(vision, text, mask, bias=bias, backend=backend)
     b = ops.contrastive_logits(vision, text, mask, bias=-2.0, backend=backend)
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_matches_transformers_mm_grounding_dino_module(backend, dtype):
+def test_matches_transformers_mm_grounding_dino_module(backend_device, dtype):
+    backend, device = backend_device
     from transformers import MMGroundingDinoConfig
     from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MMGroundingDinoContrastiveEmbedding
 
-    module = MMGroundingDinoContrastiveEmbedding(MMGroundingDinoConfig()).to(dtype)
+    module = MMGroundingDinoContrastiveEmbedding(MMGroundingDinoConfig()).to(device=device, dtype=dtype)
     with torch.no_grad():
         module.bias.fill_(-math.log(99))
-    vision, text, mask = contrastive_inputs(rows=30, tokens=12, dim=256, dtype=dtype)
+    vision, text, mask = contrastive_inputs(rows=30, tokens=12, dim=256, dtype=dtype, device=device)
     theirs = module(vision, text, mask)
     ours = ops.contrastive_logits(vision, text, mask, bias=module.bias, backend=backend)
     assert ours.dtype == theirs.dtype == torch.float32
@@ -95,41 +100,40 @@ def test_matches_transformers_mm_grounding_dino_module(backend, dtype):
     assert _finite_rel_err(ours, theirs.double()) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_matches_transformers_grounding_dino_module(backend):
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_matches_transformers_grounding_dino_module(backend_device):
+    backend, device = backend_device
     from transformers import GroundingDinoConfig
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoContrastiveEmbedding
 
     module = GroundingDinoContrastiveEmbedding(GroundingDinoConfig())
-    vision, text, mask = contrastive_inputs(rows=30, tokens=12, dim=256)
+    vision, text, mask = contrastive_inputs(rows=30, tokens=12, dim=256, device=device)
     theirs = module(vision, text, mask)
     ours = ops.contrastive_logits(vision, text, mask, bias=0.0, scale=1.0, backend=backend)
     assert _finite_rel_err(ours, theirs.double()) <= TOLERANCE[torch.float32]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_gradcheck_float64(backend):
-    vision, text, mask = contrastive_inputs(rows=4, tokens=3, dim=5, dtype=torch.float64)
-    bias = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(rows=4, tokens=3, dim=5, dtype=torch.float64, device=device)
+    bias = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
     vision.requires_grad_(True)
     text.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda v, t, b: ops.contrastive_logits(v, t, mask, bias=b, max_text_len=6, backend=backend).nan_to_num(neginf=0.0),
         (vision, text, bias),
+        fast_mode=backend == "triton",
     )
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_opcheck(backend):
-    vision, text, mask = contrastive_inputs(rows=4, tokens=3, dim=8)
-    bias = torch.tensor(0.5)
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_opcheck(backend_device):
+    backend, device = backend_device
+    vision, text, mask = contrastive_inputs(rows=4, tokens=3, dim=8, device=device)
+    bias = torch.tensor(0.5, device=device)
     suffix = "_triton" if backend == "triton" else ""
-    utils = None
-    if backend == "triton" and not torch.cuda.is_available():
-        # Under Triton's CPU interpreter the AOT-dispatch traces hand the kernel storage-less tensors; those checks
-        # runs on GPUs only.
-        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    kwargs = {} if utils is None else {"test_utils": utils}
+    kwargs = opcheck_kwargs(backend, device)
     torch.library.opcheck(
         getattr(torch.ops.mmgdino, "contrastive_logits" + suffix).default, (vision, text, mask, bias, 0.25, 8), **kwargs
     )
@@ -148,11 +152,12 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend_device", BACKENDS)
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_raises_clear_error(backend, case):
+def test_bad_input_raises_clear_error(backend_device, case):
+    backend, device = backend_device
     change, error, words = BAD[case]
-    vision, text, mask = contrastive_inputs()
+    vision, text, mask = contrastive_inputs(device=device)
     with pytest.raises(error, match=words):
         ops.contrastive_logits(*change(vision, text, mask), backend=backend)
     with pytest.raises(error, match=words):

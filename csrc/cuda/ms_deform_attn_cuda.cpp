@@ -1,0 +1,109 @@
+// CUDA dispatch-key kernels of mmgdino::ms_deform_attn and its backward: checks, allocation, the current
+// stream, then the pure-CUDA launchers of ms_deform_attn_kernel.cu. No host syncs: the level table stays on the
+// device and the kernels bounds-guard every read instead of validating it here.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "mmgdino/checks.h"
+#include "mmgdino/cuda_launch.h"
+
+namespace mmgdino {
+
+cuda::DType cuda_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kDouble: return cuda::DType::kFloat64;
+    case at::kHalf: return cuda::DType::kFloat16;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    default: TORCH_CHECK_TYPE(false, "mmgdino: unsupported dtype ", t);
+  }
+}
+
+namespace {
+
+cuda::MsdaForwardArgs forward_args(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                                   const at::Tensor& loc, const at::Tensor& attn, const MsdaDims& d) {
+  cuda::MsdaForwardArgs a;
+  a.dtype = cuda_dtype(value.scalar_type());
+  a.value = value.const_data_ptr();
+  a.spatial_shapes = shapes.const_data_ptr<int64_t>();
+  a.level_start_index = starts.const_data_ptr<int64_t>();
+  a.sampling_locations = loc.const_data_ptr();
+  a.attention_weights = attn.const_data_ptr();
+  a.output = nullptr;
+  a.batch = d.batch;
+  a.num_values = d.num_values;
+  a.num_heads = d.num_heads;
+  a.head_dim = d.head_dim;
+  a.num_queries = d.num_queries;
+  a.num_levels = d.num_levels;
+  a.num_points = d.num_points;
+  return a;
+}
+
+at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                               const at::Tensor& attention_weights) {
+  const MsdaDims d =
+      check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const c10::cuda::CUDAGuard guard(value.device());
+  const auto value_c = value.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous();
+  const auto starts_c = level_start_index.contiguous();
+  const auto loc_c = sampling_locations.contiguous();
+  const auto attn_c = attention_weights.contiguous();
+  auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
+  auto args = forward_args(value_c, shapes_c, starts_c, loc_c, attn_c, d);
+  args.output = output.mutable_data_ptr();
+  const cudaError_t err = cuda::ms_deform_attn_forward(args, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn: CUDA launch failed: ", cudaGetErrorString(err));
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const MsdaDims d =
+      check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_ms_deform_attn_grad(grad_output, value, d);
+  const c10::cuda::CUDAGuard guard(value.device());
+  const auto grad_c = grad_output.contiguous();
+  const auto value_c = value.contiguous();
+  const auto shapes_c = spatial_shapes.contiguous();
+  const auto starts_c = level_start_index.contiguous();
+  const auto loc_c = sampling_locations.contiguous();
+  const auto attn_c = attention_weights.contiguous();
+  const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
+  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
+  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  cuda::MsdaBackwardArgs args;
+  args.fwd = forward_args(value_c, shapes_c, starts_c, loc_c, attn_c, d);
+  args.grad_output = grad_c.const_data_ptr();
+  args.grad_value_acc = grad_value_acc.mutable_data_ptr();
+  args.grad_sampling_locations = grad_locations.mutable_data_ptr();
+  args.grad_attention_weights = grad_weights.mutable_data_ptr();
+  if (d.head_dim == 0 || d.batch * d.num_queries * d.num_heads == 0) {
+    grad_locations.zero_();
+    grad_weights.zero_();
+  } else {
+    const cudaError_t err = cuda::ms_deform_attn_backward(args, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK_VALUE(err != cudaErrorInvalidValue, "mmgdino.ms_deform_attn_backward: head_dim ", d.head_dim,
+                      " is wider than the CUDA backward supports");
+    TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn_backward: CUDA launch failed: ", cudaGetErrorString(err));
+  }
+  auto grad_value = acc_dtype == value.scalar_type() ? grad_value_acc : grad_value_acc.to(value.scalar_type());
+  return {grad_value, grad_locations, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmgdino, CUDA, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_cuda);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+}
+
+}  // namespace mmgdino

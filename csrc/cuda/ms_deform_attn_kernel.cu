@@ -1,0 +1,330 @@
+// Multi-scale deformable attention on CUDA, forward and backward.
+//
+// Mapping: a group of kGroup lanes (a sub-warp, kGroup in {1, 2, 4, 8, 16, 32}) per (batch, query, head); each
+// lane owns kVec contiguous channels (16 bytes: 4 float, 8 half/bfloat16, 2 double) and loads them with one
+// vector load per corner. The bilinear taps of a point are resolved once per lane, by the shared math in
+// sampling.h, for all of its channels (the original op recomputes them for every channel). One launch, a
+// grid-stride loop, no im2col_step, no divisibility conditions, int64 offsets, float32 accumulation.
+//
+// Backward: the same mapping; per corner the lane's partial dot <value, grad_output> is reduced across the
+// group with shuffles (no atomics for grad_location / grad_attention: one group owns each point), and
+// grad_value is scattered with float32 atomics into a float32 buffer (never a half/bfloat16 CAS loop).
+//
+// Bad level tables cannot read outside value: every corner row is bounds-checked against num_values.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "mmgdino/cuda_launch.h"
+#include "mmgdino/sampling.h"
+
+namespace mmgdino {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(typename Acc<T>::type x) {
+  return static_cast<T>(x);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// kVec elements of T moved as one aligned vector.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Packet {
+  T v[kVec];
+};
+
+template <typename T, int kVec>
+__device__ __forceinline__ Packet<T, kVec> load_packet(const T* p) {
+  return *reinterpret_cast<const Packet<T, kVec>*>(p);
+}
+
+// Sum over the kGroup lanes of one group (kGroup a power of two, groups aligned within the warp).
+template <int kGroup, typename A>
+__device__ __forceinline__ A group_sum(A x) {
+#pragma unroll
+  for (int offset = kGroup / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset, kGroup);
+  return x;
+}
+
+__device__ __forceinline__ void atomic_accumulate(float* p, float x) { atomicAdd(p, x); }
+__device__ __forceinline__ void atomic_accumulate(double* p, double x) { atomicAdd(p, x); }
+
+template <typename T, int kVec, int kGroup>
+__global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs a) {
+  using A = typename Acc<T>::type;
+  const T* __restrict__ value = static_cast<const T*>(a.value);
+  const T* __restrict__ loc = static_cast<const T*>(a.sampling_locations);
+  const T* __restrict__ attn = static_cast<const T*>(a.attention_weights);
+  T* __restrict__ out = static_cast<T*>(a.output);
+  const int lane = threadIdx.x % kGroup;
+  const int64_t groups_per_grid = static_cast<int64_t>(gridDim.x) * (kThreads / kGroup);
+  const int64_t total = a.batch * a.num_queries * a.num_heads;
+  const int64_t row_stride = a.num_heads * a.head_dim;
+  const int64_t points_per_head = a.num_levels * a.num_points;
+  const int64_t chunks = a.head_dim / kVec;
+
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; item < total;
+       item += groups_per_grid) {
+    // item = (b * num_queries + q) * num_heads + h, the layout of the point tables and of the output.
+    const int64_t h = item % a.num_heads;
+    const int64_t b = item / (a.num_queries * a.num_heads);
+    const T* value_bh = value + (b * a.num_values * a.num_heads + h) * a.head_dim;
+    const T* item_loc = loc + 2 * item * points_per_head;
+    const T* item_attn = attn + item * points_per_head;
+    for (int64_t chunk = lane; chunk < chunks; chunk += kGroup) {
+      const int64_t channel = chunk * kVec;
+      A acc[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc[i] = A(0);
+      for (int64_t l = 0; l < a.num_levels; ++l) {
+        const int64_t height = a.spatial_shapes[2 * l];
+        const int64_t width = a.spatial_shapes[2 * l + 1];
+        const int64_t start = a.level_start_index[l];
+        for (int64_t p = 0; p < a.num_points; ++p) {
+          const int64_t point = l * a.num_points + p;
+          BilinearTaps<A> taps;
+          if (!resolve_taps<A>(to_acc(item_loc[2 * point]), to_acc(item_loc[2 * point + 1]), height, width, start,
+                               a.num_values, taps)) {
+            continue;
+          }
+          const A w_attn = to_acc(item_attn[point]);
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            if (!taps.valid[k]) continue;
+            const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + taps.row[k] * row_stride + channel);
+            const A w = w_attn * taps.weight[k];
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) acc[i] += w * to_acc(v.v[i]);
+          }
+        }
+      }
+      Packet<T, kVec> o;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) o.v[i] = from_acc<T>(acc[i]);
+      *reinterpret_cast<Packet<T, kVec>*>(out + item * a.head_dim + channel) = o;
+    }
+  }
+}
+
+// Each lane holds at most kMaxChunksPerLane chunks of grad_output in registers; wider heads use the chunk loop of
+// a bigger group (kGroup = 32 covers head_dim up to 32 * kVec * kMaxChunksPerLane).
+constexpr int kMaxChunksPerLane = 4;
+
+template <typename T, int kVec, int kGroup>
+__global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArgs args) {
+  using A = typename Acc<T>::type;
+  const MsdaForwardArgs& a = args.fwd;
+  const T* __restrict__ value = static_cast<const T*>(a.value);
+  const T* __restrict__ loc = static_cast<const T*>(a.sampling_locations);
+  const T* __restrict__ attn = static_cast<const T*>(a.attention_weights);
+  const T* __restrict__ grad_out = static_cast<const T*>(args.grad_output);
+  A* __restrict__ grad_value = static_cast<A*>(args.grad_value_acc);
+  T* __restrict__ grad_loc = static_cast<T*>(args.grad_sampling_locations);
+  T* __restrict__ grad_attn = static_cast<T*>(args.grad_attention_weights);
+  const int lane = threadIdx.x % kGroup;
+  const int64_t groups_per_grid = static_cast<int64_t>(gridDim.x) * (kThreads / kGroup);
+  const int64_t total = a.batch * a.num_queries * a.num_heads;
+  const int64_t row_stride = a.num_heads * a.head_dim;
+  const int64_t points_per_head = a.num_levels * a.num_points;
+  const int64_t chunks = a.head_dim / kVec;
+
+  // Every lane of a warp runs the same number of iterations (the loop bound is warp-uniform), so the
+  // full-mask shuffles below are safe; lanes without an item work on zeros and write nothing.
+  const int64_t warp_items = (total + (kThreads / kGroup) - 1) / (kThreads / kGroup) * (kThreads / kGroup);
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup;
+       item < warp_items; item += groups_per_grid) {
+    const bool active = item < total;
+    const int64_t safe_item = active ? item : 0;
+    const int64_t h = safe_item % a.num_heads;
+    const int64_t b = safe_item / (a.num_queries * a.num_heads);
+    const int64_t slice = (b * a.num_values * a.num_heads + h) * a.head_dim;
+    const T* value_bh = value + slice;
+    A* grad_value_bh = grad_value + slice;
+    const T* item_loc = loc + 2 * safe_item * points_per_head;
+    const T* item_attn = attn + safe_item * points_per_head;
+
+    A g[kMaxChunksPerLane][kVec];
+#pragma unroll
+    for (int c = 0; c < kMaxChunksPerLane; ++c) {
+      const int64_t chunk = lane + static_cast<int64_t>(c) * kGroup;
+      const bool have = active && chunk < chunks;
+      Packet<T, kVec> v;
+      if (have) v = load_packet<T, kVec>(grad_out + safe_item * a.head_dim + chunk * kVec);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) g[c][i] = have ? to_acc(v.v[i]) : A(0);
+    }
+
+    for (int64_t l = 0; l < a.num_levels; ++l) {
+      const int64_t height = a.spatial_shapes[2 * l];
+      const int64_t width = a.spatial_shapes[2 * l + 1];
+      const int64_t start = a.level_start_index[l];
+      for (int64_t p = 0; p < a.num_points; ++p) {
+        const int64_t point = l * a.num_points + p;
+        BilinearTaps<A> taps;
+        const bool touches = active && resolve_taps<A>(to_acc(item_loc[2 * point]), to_acc(item_loc[2 * point + 1]),
+                                                       height, width, start, a.num_values, taps);
+        const A w_attn = active ? to_acc(item_attn[point]) : A(0);
+        A corner_dot[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          A partial = A(0);
+          if (touches && taps.valid[k]) {
+            const A w = w_attn * taps.weight[k];
+#pragma unroll
+            for (int c = 0; c < kMaxChunksPerLane; ++c) {
+              const int64_t chunk = lane + static_cast<int64_t>(c) * kGroup;
+              if (chunk >= chunks) break;
+              const int64_t offset = taps.row[k] * row_stride + chunk * kVec;
+              const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + offset);
+#pragma unroll
+              for (int i = 0; i < kVec; ++i) {
+                partial += to_acc(v.v[i]) * g[c][i];
+                atomic_accumulate(grad_value_bh + offset + i, w * g[c][i]);
+              }
+            }
+          }
+          corner_dot[k] = group_sum<kGroup>(partial);
+        }
+        if (active && lane == 0) {
+          T* gl = grad_loc + 2 * (item * points_per_head + point);
+          if (touches) {
+            const PointGrad<A> pg = point_gradient<A>(taps, corner_dot, w_attn, height, width);
+            gl[0] = from_acc<T>(pg.loc_x);
+            gl[1] = from_acc<T>(pg.loc_y);
+            grad_attn[item * points_per_head + point] = from_acc<T>(pg.attn);
+          } else {
+            gl[0] = from_acc<T>(A(0));
+            gl[1] = from_acc<T>(A(0));
+            grad_attn[item * points_per_head + point] = from_acc<T>(A(0));
+          }
+        }
+      }
+    }
+  }
+}
+
+int ceil_pow2(int64_t x) {
+  int p = 1;
+  while (p < x && p < 32) p *= 2;
+  return p;
+}
+
+int grid_size(int64_t items, int group) {
+  const int64_t per_block = kThreads / group;
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  // A grid-stride loop covers the rest; 65535 * 8 blocks keep every SM busy on any current GPU.
+  return static_cast<int>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T>
+struct Launcher {
+  static constexpr int kWideVec = 16 / sizeof(T);
+
+  template <int kVec, int kGroup>
+  static cudaError_t forward(const MsdaForwardArgs& a, cudaStream_t stream) {
+    const int64_t items = a.batch * a.num_queries * a.num_heads;
+    msda_forward_kernel<T, kVec, kGroup><<<grid_size(items, kGroup), kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+
+  template <int kVec, int kGroup>
+  static cudaError_t backward(const MsdaBackwardArgs& a, cudaStream_t stream) {
+    const int64_t items = a.fwd.batch * a.fwd.num_queries * a.fwd.num_heads;
+    msda_backward_kernel<T, kVec, kGroup><<<grid_size(items, kGroup), kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+
+  // Picks the vector width (16 bytes when head_dim and the pointers allow it, else one element) and the group
+  // size (lanes per (query, head): the channel chunks rounded up to a power of two, at most a warp).
+  template <bool kBackward, typename Args>
+  static cudaError_t dispatch(const Args& args, const MsdaForwardArgs& a, const void* const* pointers, int count,
+                              cudaStream_t stream) {
+    bool wide = a.head_dim % kWideVec == 0;
+    for (int i = 0; i < count; ++i) wide = wide && aligned16(pointers[i]);
+    if (wide) return dispatch_group<kWideVec, kBackward>(args, a, stream);
+    return dispatch_group<1, kBackward>(args, a, stream);
+  }
+
+  template <int kVec, bool kBackward, typename Args>
+  static cudaError_t dispatch_group(const Args& args, const MsdaForwardArgs& a, cudaStream_t stream) {
+    const int64_t chunks = a.head_dim / kVec;
+    int group = ceil_pow2(chunks);
+    if (kBackward && chunks > static_cast<int64_t>(group) * kMaxChunksPerLane) return cudaErrorInvalidValue;
+    switch (group) {
+#define MMGDINO_CASE(G)                                                                      \
+  case G:                                                                                    \
+    if constexpr (kBackward) return backward<kVec, G>(args, stream);                          \
+    else return forward<kVec, G>(args, stream);
+      MMGDINO_CASE(1)
+      MMGDINO_CASE(2)
+      MMGDINO_CASE(4)
+      MMGDINO_CASE(8)
+      MMGDINO_CASE(16)
+      MMGDINO_CASE(32)
+#undef MMGDINO_CASE
+      default:
+        return cudaErrorInvalidValue;
+    }
+  }
+};
+
+template <typename Fn>
+cudaError_t by_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat32: return fn(float{});
+    case DType::kFloat64: return fn(double{});
+    case DType::kFloat16: return fn(__half{});
+    case DType::kBFloat16: return fn(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t ms_deform_attn_forward(const MsdaForwardArgs& a, cudaStream_t stream) {
+  if (a.batch * a.num_queries * a.num_heads == 0 || a.head_dim == 0) return cudaSuccess;
+  const void* pointers[] = {a.value, a.output};
+  return by_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return Launcher<T>::template dispatch<false>(a, a, pointers, 2, stream);
+  });
+}
+
+cudaError_t ms_deform_attn_backward(const MsdaBackwardArgs& args, cudaStream_t stream) {
+  const MsdaForwardArgs& a = args.fwd;
+  if (a.batch * a.num_queries * a.num_heads == 0 || a.head_dim == 0) return cudaSuccess;
+  const void* pointers[] = {a.value, args.grad_output, args.grad_value_acc};
+  return by_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return Launcher<T>::template dispatch<true>(args, a, pointers, 3, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace mmgdino

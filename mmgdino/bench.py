@@ -1,0 +1,308 @@
+"""Operator benchmarks: every backend available here against transformers' PyTorch code, side by side in one
+process, medians, with the relative error against a float64 reference. Writes JSON plus a markdown table.
+
+Cases follow MM Grounding DINO tiny at an 800x1333 input: four levels (100,167), (50,84), (25,42), (13,21),
+8 heads x 32 channels, 4 points; the encoder samples from every pixel (22,223 queries), the decoder from 900
+queries. Sampling locations are realistic: each query's reference point plus offsets of a few pixels, as the
+trained model produces, not uniform noise over the whole map.
+"""
+
+import dataclasses
+import importlib
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from . import ops
+from .ops import _torch_impl
+
+LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
+HEADS, HEAD_DIM, POINTS, D_MODEL = 8, 32, 4, 256
+TOKENS = 16  # "a cat. a remote control." and its special tokens, rounded up
+
+
+@dataclasses.dataclass
+class Row:
+    op: str
+    pass_: str
+    case: str
+    batch: int
+    dtype: str
+    backend: str
+    median_ms: float
+    baseline: str
+    baseline_ms: float
+    speedup: float
+    rel_err: float
+
+    def to_json(self):
+        d = dataclasses.asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def level_table(device):
+    shapes = torch.tensor(LEVELS, dtype=torch.int64, device=device)
+    sizes = shapes[:, 0] * shapes[:, 1]
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    return shapes, starts, int(sizes.sum())
+
+
+def msda_inputs(case, batch, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes, starts, num_values = level_table("cpu")
+    if case == "encoder":
+        refs = []
+        for h, w in LEVELS:
+            ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+            refs.append(torch.stack([xs.flatten(), ys.flatten()], -1))
+        ref = torch.cat(refs).expand(batch, -1, -1)
+    else:
+        ref = torch.rand(batch, 900, 2, generator=gen)
+    queries = ref.shape[1]
+    size_xy = shapes.flip(-1).float().view(1, 1, 1, len(LEVELS), 1, 2)
+    offsets = torch.randn(batch, queries, HEADS, len(LEVELS), POINTS, 2, generator=gen) * 2.0 / size_xy
+    loc = ref[:, :, None, None, None, :] + offsets
+    attn = torch.randn(batch, queries, HEADS, len(LEVELS) * POINTS, generator=gen).softmax(-1)
+    attn = attn.view(batch, queries, HEADS, len(LEVELS), POINTS)
+    value = torch.randn(batch, num_values, HEADS, HEAD_DIM, generator=gen)
+    value, loc, attn = (t.to(device=device, dtype=dtype) for t in (value, loc, attn))
+    return value, shapes.to(device), starts.to(device), loc, attn
+
+
+def contrastive_inputs(case, batch, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rows = level_table("cpu")[2] if case == "encoder" else 900
+    vision = torch.randn(batch, rows, D_MODEL, generator=gen).to(device=device, dtype=dtype)
+    text = torch.randn(batch, TOKENS, D_MODEL, generator=gen).to(device=device, dtype=dtype)
+    mask = torch.ones(batch, TOKENS, dtype=torch.bool)
+    mask[:, 12:] = False
+    return vision, text, mask.to(device)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    finite = torch.isfinite(ref)
+    out, ref = out[finite], ref[finite]
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+# ------------------------------------------------------------------ transformers baselines
+
+
+def transformers_msda():
+    from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MultiScaleDeformableAttention
+
+    module = MultiScaleDeformableAttention()
+
+    def run(value, shapes, starts, loc, attn):
+        return module(value, shapes, LEVELS, starts, loc, attn, 64)
+
+    return run
+
+
+def transformers_contrastive(dtype, device):
+    from transformers import MMGroundingDinoConfig
+    from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MMGroundingDinoContrastiveEmbedding
+
+    module = MMGroundingDinoContrastiveEmbedding(MMGroundingDinoConfig()).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        module.bias.fill_(-math.log(99))
+    return module
+
+
+def load_peer(spec):
+    """'module:function' -> callable(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"--peer wants module:function, got {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+# ------------------------------------------------------------------ suites
+
+
+def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backward):
+    inputs = msda_inputs(case, batch, dtype, device)
+    value, shapes, starts, loc, attn = inputs
+    baseline = transformers_msda()
+    with torch.no_grad():
+        reference = _torch_impl.ms_deform_attn(value.double(), shapes, starts, loc.double(), attn.double())
+        base_ms = median_ms(lambda: baseline(*inputs), device, repeats)
+    dname = str(dtype).replace("torch.", "")
+    rows = []
+    runners = {b: (lambda *a, b=b: ops.ms_deform_attn(*a, backend=b)) for b in backends}
+    runners.update({f"peer:{name}": fn for name, fn in peers.items()})
+    for name, fn in runners.items():
+        with torch.no_grad():
+            out = fn(*inputs)
+            ms = median_ms(lambda: fn(*inputs), device, repeats)
+        rows.append(Row("ms_deform_attn", "forward", case, batch, dname, name, ms, "transformers", base_ms,
+                        base_ms / ms, rel_err(out, reference)))
+    del reference
+    if not with_backward:
+        return rows
+    grad = torch.randn(batch, loc.shape[1], HEADS * HEAD_DIM, device=device, dtype=dtype)
+
+    def backward_timer(fn):
+        leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
+        out = fn(leaves[0], shapes, starts, leaves[1], leaves[2])
+        grads = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+        ms = median_ms(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), device, repeats)
+        return grads, ms
+
+    # The float64 reference gradient: autograd through the float64 torch implementation.
+    leaves64 = [t.detach().double().requires_grad_(True) for t in (value, loc, attn)]
+    out64 = _torch_impl.ms_deform_attn(leaves64[0], shapes, starts, leaves64[1], leaves64[2])
+    ref_grads = torch.autograd.grad(out64, leaves64, grad.double())
+    del out64, leaves64
+    _, base_ms = backward_timer(baseline)
+    for name, fn in runners.items():
+        grads, ms = backward_timer(fn)
+        err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
+        rows.append(Row("ms_deform_attn", "backward", case, batch, dname, name, ms, "transformers autograd", base_ms,
+                        base_ms / ms, err))
+    return rows
+
+
+def _contrastive_rows(case, batch, dtype, device, repeats, backends):
+    vision, text, mask = contrastive_inputs(case, batch, dtype, device)
+    module = transformers_contrastive(dtype, device)
+    bias = module.bias
+    dname = str(dtype).replace("torch.", "")
+    scale = 1 / math.sqrt(D_MODEL)
+    with torch.no_grad():
+        ref = _torch_impl.contrastive_logits(vision.double(), text.double(), mask, bias.double(), scale, 256)
+        ref_max = ref.amax(-1)
+        base_full = median_ms(lambda: module(vision, text, mask), device, repeats)
+        base_max = median_ms(lambda: module(vision, text, mask).max(-1).values, device, repeats)
+        rows = []
+        for b in backends:
+            out = ops.contrastive_logits(vision, text, mask, bias=bias, backend=b)
+            ms = median_ms(lambda: ops.contrastive_logits(vision, text, mask, bias=bias, backend=b), device, repeats)
+            rows.append(Row("contrastive_logits", "forward", case, batch, dname, b, ms, "transformers", base_full,
+                            base_full / ms, rel_err(out, ref)))
+            out = ops.contrastive_max(vision, text, mask, bias=bias, backend=b)
+            ms = median_ms(lambda: ops.contrastive_max(vision, text, mask, bias=bias, backend=b), device, repeats)
+            rows.append(Row("contrastive_max", "forward", case, batch, dname, b, ms, "transformers + max(-1)",
+                            base_max, base_max / ms, rel_err(out, ref_max)))
+    return rows
+
+
+def run_ops(device=None, dtypes=None, quick=False, repeats=None, peers=(), backends=None, log=print):
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtypes is None:
+        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
+    repeats = repeats or (2 if quick else (5 if device.type == "cpu" else 20))
+    batches = (1,) if quick else (1, 4)
+    peer_fns = {spec: load_peer(spec) for spec in peers}
+
+    def usable(op):
+        names = backends or ops.available_backends(op, device.type)
+        # The Triton interpreter is a correctness tool: far too slow for the full-size cases on the CPU.
+        return [b for b in names if not (b == "triton" and device.type == "cpu")]
+
+    rows = []
+    for dtype in dtypes:
+        for case in ("encoder", "decoder"):
+            for batch in batches:
+                log(f"ms_deform_attn {case} batch={batch} {dtype}")
+                rows += _msda_rows(case, batch, dtype, device, repeats, usable("ms_deform_attn"), peer_fns,
+                                   with_backward=True)
+                log(f"contrastive {case} batch={batch} {dtype}")
+                rows += _contrastive_rows(case, batch, dtype, device, repeats, usable("contrastive_logits"))
+    return {"device": describe_device(device), "commit": git_commit(), "versions": versions(),
+            "results": [r.to_json() for r in rows]}
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cores = torch.get_num_threads()
+    return f"CPU: {platform.processor() or platform.machine()} ({cores} threads)"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def versions():
+    found = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("triton", "transformers"):
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def markdown_table(report):
+    lines = [
+        f"Device: {report['device']}  ",
+        f"Commit: {report['commit']}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "\n",
+        "| op | pass | case | batch | dtype | backend | ms | baseline | baseline ms | speedup | rel err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['op']} | {r['pass']} | {r['case']} | {r['batch']} | {r['dtype']} | {r['backend']} | "
+            f"{r['median_ms']:.3f} | {r['baseline']} | {r['baseline_ms']:.3f} | {r['speedup']:.1f}x | "
+            f"{r['rel_err']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown_table(report))
+    return path.with_suffix(".json"), path.with_suffix(".md")
