@@ -1,7 +1,7 @@
 """Triton multi-scale deformable attention, forward and backward.
 
 One program per (block of BLOCK_Q queries, batch * head): a [BLOCK_Q, BLOCK_D] tile of channels, looping over
-levels and points (both compile-time), with the bilinear corners and weights computed once per point for the
+levels and points (run-time loops: unrolling all 16 points x 4 corners made ptxas take minutes), with the bilinear corners and weights computed once per point for the
 whole channel tile. Accumulation in float32 (float64 for float64 inputs). The backward recomputes the corners,
 reduces grad_attention / grad_location in registers and scatters grad_value with float32 atomics.
 """
@@ -66,11 +66,11 @@ def _fwd_kernel(
     # (b, q, h) flattened, int64: the point tables are (batch, queries, heads, levels, points)
     bqh = (b.to(tl.int64) * num_queries + q) * num_heads + h
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
-    for level in tl.static_range(NUM_LEVELS):
+    for level in range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level)
         width = tl.load(shapes_ptr + 2 * level + 1)
         start = tl.load(starts_ptr + level)
-        for point in tl.static_range(NUM_POINTS):
+        for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             touches, h0, w0, lh, lw, attn = _point_setup(
                 loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC
@@ -109,11 +109,11 @@ def _bwd_kernel(
     grad = tl.load(
         grad_out_ptr + bqh[:, None] * head_dim + d_offs[None, :], mask=q_mask[:, None] & d_mask[None, :], other=0.0
     ).to(ACC)
-    for level in tl.static_range(NUM_LEVELS):
+    for level in range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level)
         width = tl.load(shapes_ptr + 2 * level + 1)
         start = tl.load(starts_ptr + level)
-        for point in tl.static_range(NUM_POINTS):
+        for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             touches, h0, w0, lh, lw, attn = _point_setup(
                 loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC

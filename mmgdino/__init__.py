@@ -4,5 +4,16 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
 from .ops import available_backends, contrastive_logits, contrastive_max, ms_deform_attn  # noqa: E402
+from .patching import is_patched, patch, unpatch  # noqa: E402
 
-__all__ = ["ops", "available_backends", "contrastive_logits", "contrastive_max", "ms_deform_attn", "__version__"]
+__all__ = [
+    "ops",
+    "available_backends",
+    "contrastive_logits",
+    "contrastive_max",
+    "ms_deform_attn",
+    "patch",
+    "unpatch",
+    "is_patched",
+    "__version__",
+]

@@ -1,12 +1,14 @@
-// Contrastive logits on the CPU: one BLAS batched matmul for the (rows x tokens) dot products, then a single
-// fused pass that applies scale, bias and the token mask while writing the -inf padded output (full form) or
-// the per-row maximum (reduced form). The padded (B, N, max_text_len) tensor is written exactly once.
+// Contrastive logits on the CPU. float32 with dim a multiple of 8 (every real model): one fused pass per row,
+// dot products, scale, bias, mask and the -inf padding (or the running maximum) from registers, vectorized and
+// AVX2 where the CPU has it. Other cases: one BLAS batched matmul, then the same fused epilogue. Either way the
+// padded (B, N, max_text_len) tensor is written exactly once, and the reduced form never builds it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <limits>
 
+#include "cpu_float.h"
 #include "mmgdino/checks.h"
 
 namespace mmgdino {
@@ -54,6 +56,25 @@ void reduce_max(const acc_t* dots, const bool* mask, acc_t scale, acc_t bias, ac
   });
 }
 
+// The fused float32 path; returns false when it does not apply.
+bool fused_float(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& mask, const at::Tensor& bias,
+                 double scale, int64_t max_text_len, const ContrastiveDims& d, bool reduce_max, at::Tensor& out) {
+  if (vision.scalar_type() != at::kFloat || d.dim % 8 != 0) return false;
+  const auto vision_c = vision.contiguous();
+  const auto text_c = text.contiguous();
+  const auto mask_c = mask.contiguous();
+  const FloatContrastiveArgs args{vision_c.const_data_ptr<float>(), text_c.const_data_ptr<float>(),
+                                  mask_c.const_data_ptr<bool>(), static_cast<float>(scale), bias.item<float>(),
+                                  d.num_rows, d.num_tokens, d.dim, max_text_len};
+  float* out_ptr = out.mutable_data_ptr<float>();
+  const bool avx2 = cpu_has_avx2();
+  at::parallel_for(0, d.batch * d.num_rows, 64, [&](int64_t begin, int64_t end) {
+    avx2 ? cpu_avx2::contrastive_rows(args, reduce_max, out_ptr, begin, end)
+         : cpu_baseline::contrastive_rows(args, reduce_max, out_ptr, begin, end);
+  });
+  return true;
+}
+
 at::Tensor contrastive_logits_cpu(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& text_token_mask,
                                   const at::Tensor& bias, double scale, int64_t max_text_len) {
   const ContrastiveDims d = check_contrastive_args(vision, text, text_token_mask, bias);
@@ -62,6 +83,7 @@ at::Tensor contrastive_logits_cpu(const at::Tensor& vision, const at::Tensor& te
   const auto dtype = logits_dtype(vision.scalar_type());
   auto out = at::empty({d.batch, d.num_rows, max_text_len}, vision.options().dtype(dtype));
   if (out.numel() == 0) return out;
+  if (fused_float(vision, text, text_token_mask, bias, scale, max_text_len, d, false, out)) return out;
   const auto dots = raw_dots(vision, text, dtype);
   const auto mask = text_token_mask.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "contrastive_logits_cpu", [&] {
@@ -78,6 +100,7 @@ at::Tensor contrastive_max_cpu(const at::Tensor& vision, const at::Tensor& text,
   const auto dtype = logits_dtype(vision.scalar_type());
   auto out = at::empty({d.batch, d.num_rows}, vision.options().dtype(dtype));
   if (out.numel() == 0) return out;
+  if (fused_float(vision, text, text_token_mask, bias, scale, 0, d, true, out)) return out;
   const auto dots = raw_dots(vision, text, dtype);
   const auto mask = text_token_mask.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "contrastive_max_cpu", [&] {

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "mmgdino/checks.h"
+#include "cpu_float.h"
 #include "mmgdino/sampling.h"
-#include "msda_cpu_float.h"
 
 namespace mmgdino {
 namespace {
@@ -87,15 +87,6 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
       }
     }
   });
-}
-
-bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
 }
 
 // The float32 fast path handles head sizes 8, 16, 32, 64 and 128 (returns 0 otherwise).

@@ -1,7 +1,7 @@
-#include "msda_cpu_float.h"
+#include "cpu_float.h"
 
 namespace mmgdino {
 namespace cpu_baseline {
-#include "msda_cpu_float_kernels.inc"
+#include "cpu_float_kernels.inc"
 }  // namespace cpu_baseline
 }  // namespace mmgdino

@@ -1,5 +1,5 @@
 // The AVX2 + FMA build of the float32 fast path; used only where the CPU reports AVX2 and FMA.
-#include "msda_cpu_float.h"
+#include "cpu_float.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC push_options
@@ -9,7 +9,7 @@
 
 namespace mmgdino {
 namespace cpu_avx2 {
-#include "msda_cpu_float_kernels.inc"
+#include "cpu_float_kernels.inc"
 }  // namespace cpu_avx2
 }  // namespace mmgdino
 
