@@ -30,7 +30,8 @@ def _bench(args):
 
     dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else None
     report = bench.run_ops(device=args.device, dtypes=dtypes, quick=args.quick, repeats=args.repeats,
-                           peers=args.peer or (), log=lambda m: print(m, file=sys.stderr, flush=True))
+                           peers=args.peer or (), log=lambda m: print(m, file=sys.stderr, flush=True),
+                           end_to_end=not args.ops_only)
     print(bench.markdown_table(report))
     if args.out:
         json_path, md_path = bench.write_report(report, args.out)
@@ -52,6 +53,7 @@ def main(argv=None):
     bench.add_argument("--peer", action="append", metavar="MODULE:FUNCTION",
                        help="add an importable peer MSDA implementation (value, spatial_shapes, level_start_index, "
                             "sampling_locations, attention_weights) to the comparison")
+    bench.add_argument("--ops-only", action="store_true", help="skip the end-to-end model comparison")
     bench.add_argument("--out", default=None, help="write JSON and a markdown table at this path (suffixes replaced)")
     bench.set_defaults(fn=_bench)
     args = parser.parse_args(argv)

@@ -211,3 +211,28 @@ def test_unknown_and_unavailable_backends_name_the_available_ones():
         ops.ms_deform_attn(*inputs, backend="cuda")
     with pytest.raises(ValueError, match="unknown mmgdino operator"):
         ops.available_backends("nope")
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+def test_deterministic_mode(backend_device):
+    """Backends whose backward scatters with atomics refuse torch.use_deterministic_algorithms; the CPU kernel
+    (disjoint per-head slices) and the torch backend are deterministic and run."""
+    backend, device = backend_device
+    if backend == "torch" and device == "cuda":
+        pytest.skip("PyTorch's own CUDA embedding_bag backward decides this")
+    value, shapes, starts, loc, attn = msda_inputs(device=device, queries=4, border_fraction=0.0)
+    leaves = [t.requires_grad_(True) for t in (value, loc, attn)]
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend)
+        if backend in ("cuda", "triton"):
+            with pytest.raises(RuntimeError, match="determinis"):
+                torch.autograd.grad(out.sum(), leaves)
+        else:
+            first = torch.autograd.grad(out.sum(), leaves, retain_graph=True)
+            second = torch.autograd.grad(out.sum(), leaves)
+            for a, b in zip(first, second):
+                assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(previous)

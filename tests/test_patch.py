@@ -98,7 +98,7 @@ def test_patch_deformable_detr():
                                   decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10,
                                   encoder_attention_heads=2, decoder_attention_heads=2)
     model = DeformableDetrForObjectDetection(config).eval()
-    pixel_values = torch.randn(1, 3, 64, 64)
+    pixel_values = torch.randn(1, 3, 128, 160)
     with torch.no_grad():
         reference = model(pixel_values=pixel_values)
         patched = mmgdino.patch(model)(pixel_values=pixel_values)

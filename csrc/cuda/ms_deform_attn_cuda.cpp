@@ -2,6 +2,7 @@
 // stream, then the pure-CUDA launchers of ms_deform_attn_kernel.cu. No host syncs: the level table stays on the
 // device and the kernels bounds-guard every read instead of validating it here.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -69,6 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad(grad_output, value, d);
+  // grad_value is scattered with float atomics, so its summation order varies from run to run.
+  at::globalContext().alertNotDeterministic("mmgdino.ms_deform_attn_backward (CUDA)");
   const c10::cuda::CUDAGuard guard(value.device());
   const auto grad_c = grad_output.contiguous();
   const auto value_c = value.contiguous();

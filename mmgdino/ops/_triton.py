@@ -79,6 +79,11 @@ if _error is None:
         sampling_locations: torch.Tensor,
         attention_weights: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(
+                "mmgdino.ms_deform_attn_backward (Triton) scatters grad_value with atomics and is not deterministic; "
+                "use backend='cpu' or 'torch', or torch.use_deterministic_algorithms(True, warn_only=True)"
+            )
         acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
         grad_value = torch.zeros(value.shape, dtype=acc_dtype, device=value.device)
         # Fresh contiguous buffers (zeros_like would copy an input's strides; the kernels index densely).
