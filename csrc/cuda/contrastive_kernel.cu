@@ -12,6 +12,7 @@
 #include <math_constants.h>
 
 #include "mmgdino/cuda_launch.h"
+#include "numeric.cuh"
 
 namespace mmgdino {
 namespace cuda {
@@ -22,20 +23,6 @@ constexpr int kTokens = 32;      // tokens per tile (one per lane)
 constexpr int kK = 32;           // reduction tile
 constexpr int kWarps = 8;        // 256 threads
 constexpr int kRowsPerWarp = kRows / kWarps;
-
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename A>
 __device__ __forceinline__ A neg_inf();

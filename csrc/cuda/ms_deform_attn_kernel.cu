@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include "mmgdino/cuda_launch.h"
+#include "numeric.cuh"
 #include "mmgdino/sampling.h"
 
 namespace mmgdino {
@@ -23,33 +24,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename Acc<T>::type x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 // kVec elements of T moved as one aligned vector.
 template <typename T, int kVec>
