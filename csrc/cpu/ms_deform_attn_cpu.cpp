@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mmgdino/checks.h"
+#include "mmgdino/msda_buffers.h"
 #include "cpu_float.h"
 #include "mmgdino/sampling.h"
 
@@ -179,16 +180,13 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto loc_c = sampling_locations.contiguous();
-  const auto attn_c = attention_weights.contiguous();
+  const MsdaInputs in =
+      contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
   if (output.numel() == 0) return output;
-  const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
+  const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
   if (const int chunks = float_fast_path_chunks(value, d)) {
-    const FloatMsdaArgs args = float_args(value_c, lv, loc_c, attn_c, d);
+    const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
     float* out = output.mutable_data_ptr<float>();
     const bool avx2 = cpu_has_avx2();
     at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
@@ -198,7 +196,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
     return output;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
-    forward_cpu_impl<scalar_t>(value_c, lv, loc_c, attn_c, output, d);
+    forward_cpu_impl<scalar_t>(in.value, lv, in.sampling_locations, in.attention_weights, output, d);
   });
   return output;
 }
@@ -212,20 +210,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   check_ms_deform_attn_grad(grad_output, value, d);
   check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
   const auto grad_c = grad_output.contiguous();
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto loc_c = sampling_locations.contiguous();
-  const auto attn_c = attention_weights.contiguous();
-  // Half inputs accumulate grad_value in float32; float and double accumulate in place.
-  const auto acc_dtype = at::toOpMathType(value.scalar_type());
-  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
-  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  const MsdaInputs in =
+      contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
+  at::Tensor& grad_value_acc = grads.value_acc;
+  at::Tensor& grad_locations = grads.sampling_locations;
+  at::Tensor& grad_weights = grads.attention_weights;
   if (grad_locations.numel() > 0 && value.numel() > 0) {
-    const MsdaPointers lv{shapes_c.const_data_ptr<int64_t>(), starts_c.const_data_ptr<int64_t>()};
+    const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
     if (const int chunks = float_fast_path_chunks(value, d)) {
-      const FloatMsdaArgs args = float_args(value_c, lv, loc_c, attn_c, d);
+      const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
       const float* grad = grad_c.const_data_ptr<float>();
       float* grad_value = grad_value_acc.mutable_data_ptr<float>();
       float* grad_loc = grad_locations.mutable_data_ptr<float>();
@@ -238,16 +232,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-            backward_cpu_impl<scalar_t>(grad_c, value_c, lv, loc_c, attn_c, grad_value_acc, grad_locations,
-                                        grad_weights, d);
+            backward_cpu_impl<scalar_t>(grad_c, in.value, lv, in.sampling_locations, in.attention_weights,
+                                        grad_value_acc, grad_locations, grad_weights, d);
           });
     }
   } else {
     grad_locations.zero_();
     grad_weights.zero_();
   }
-  auto grad_value = acc_dtype == value.scalar_type() ? grad_value_acc : grad_value_acc.to(value.scalar_type());
-  return {grad_value, grad_locations, grad_weights};
+  return grads.finish(value.scalar_type());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "mmgdino/checks.h"
+#include "mmgdino/msda_buffers.h"
 #include "mmgdino/cuda_launch.h"
 
 namespace mmgdino {
@@ -24,15 +25,14 @@ cuda::DType cuda_dtype(at::ScalarType t) {
 
 namespace {
 
-cuda::MsdaForwardArgs forward_args(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
-                                   const at::Tensor& loc, const at::Tensor& attn, const MsdaDims& d) {
+cuda::MsdaForwardArgs forward_args(const MsdaInputs& in, const MsdaDims& d) {
   cuda::MsdaForwardArgs a;
-  a.dtype = cuda_dtype(value.scalar_type());
-  a.value = value.const_data_ptr();
-  a.spatial_shapes = shapes.const_data_ptr<int64_t>();
-  a.level_start_index = starts.const_data_ptr<int64_t>();
-  a.sampling_locations = loc.const_data_ptr();
-  a.attention_weights = attn.const_data_ptr();
+  a.dtype = cuda_dtype(in.value.scalar_type());
+  a.value = in.value.const_data_ptr();
+  a.spatial_shapes = in.spatial_shapes.const_data_ptr<int64_t>();
+  a.level_start_index = in.level_start_index.const_data_ptr<int64_t>();
+  a.sampling_locations = in.sampling_locations.const_data_ptr();
+  a.attention_weights = in.attention_weights.const_data_ptr();
   a.output = nullptr;
   a.batch = d.batch;
   a.num_values = d.num_values;
@@ -50,13 +50,10 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard guard(value.device());
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto loc_c = sampling_locations.contiguous();
-  const auto attn_c = attention_weights.contiguous();
+  const MsdaInputs in =
+      contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
-  auto args = forward_args(value_c, shapes_c, starts_c, loc_c, attn_c, d);
+  auto args = forward_args(in, d);
   args.output = output.mutable_data_ptr();
   const cudaError_t err = cuda::ms_deform_attn_forward(args, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn: CUDA launch failed: ", cudaGetErrorString(err));
@@ -74,17 +71,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   at::globalContext().alertNotDeterministic("mmgdino.ms_deform_attn_backward (CUDA)");
   const c10::cuda::CUDAGuard guard(value.device());
   const auto grad_c = grad_output.contiguous();
-  const auto value_c = value.contiguous();
-  const auto shapes_c = spatial_shapes.contiguous();
-  const auto starts_c = level_start_index.contiguous();
-  const auto loc_c = sampling_locations.contiguous();
-  const auto attn_c = attention_weights.contiguous();
-  const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
-  auto grad_locations = at::empty(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::empty(attention_weights.sizes(), attention_weights.options());
+  const MsdaInputs in =
+      contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
+  at::Tensor& grad_value_acc = grads.value_acc;
+  at::Tensor& grad_locations = grads.sampling_locations;
+  at::Tensor& grad_weights = grads.attention_weights;
   cuda::MsdaBackwardArgs args;
-  args.fwd = forward_args(value_c, shapes_c, starts_c, loc_c, attn_c, d);
+  args.fwd = forward_args(in, d);
   args.grad_output = grad_c.const_data_ptr();
   args.grad_value_acc = grad_value_acc.mutable_data_ptr();
   args.grad_sampling_locations = grad_locations.mutable_data_ptr();
@@ -98,8 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                       " is wider than the CUDA backward supports");
     TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn_backward: CUDA launch failed: ", cudaGetErrorString(err));
   }
-  auto grad_value = acc_dtype == value.scalar_type() ? grad_value_acc : grad_value_acc.to(value.scalar_type());
-  return {grad_value, grad_locations, grad_weights};
+  return grads.finish(value.scalar_type());
 }
 
 }  // namespace
