@@ -89,7 +89,7 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=["mmgdino", "mmgdino.ops", "mmgdino.kernels"],
+    packages=["mmgdino", "mmgdino.ops", "mmgdino.modeling", "mmgdino.kernels"],
     # The Triton sources sit in top-level kernels/ but install only as mmgdino.kernels: a top-level package
     # named `kernels` would shadow Hugging Face's hub-kernel library, which transformers probes for.
     package_dir={"mmgdino": "mmgdino", "mmgdino.kernels": "kernels"},

@@ -1,0 +1,282 @@
+"""The transformer layers of MM Grounding DINO / Grounding DINO, written for inference around `mmgdino.ops`.
+
+Attribute names follow transformers' modules one to one, so a transformers state dict loads unchanged; the
+forward passes are ours: masks arrive once in the form each attention wants (boolean, True = attend), SDPA
+replaces the explicit score matrices, and the multi-scale deformable attention runs on our operator.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+
+
+def sine_embedding(coords, num_feats, temperature=10000):
+    """Sinusoidal embedding of normalized coordinates (..., n) -> (..., n * num_feats), x and y swapped, as DETR
+    orders them (y first). Computed in float32, returned in the input's dtype."""
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    angles = coords.float()[..., None] * (2 * math.pi) / dim_t  # (..., n, num_feats)
+    emb = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+    if coords.shape[-1] >= 2:
+        emb = torch.cat([emb[..., 1:2, :], emb[..., 0:1, :], emb[..., 2:, :]], dim=-2)
+    return emb.flatten(-2).to(coords.dtype)
+
+
+def _heads(x, num_heads):
+    """(B, L, E) -> (B, H, L, E/H) as a view: SDPA takes the strides as they are."""
+    b, length, e = x.shape
+    return x.view(b, length, num_heads, e // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x):
+    b, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, h * d)
+
+
+class MLPHead(nn.Module):
+    """Linear layers with ReLU between them (box heads, the decoder's reference-point head)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = torch.relu_(layer(x))
+        return self.layers[-1](x)
+
+
+class MultiheadAttention(nn.Module):
+    """Projections named as transformers' MMGroundingDinoMultiheadAttention; attention through SDPA."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, queries, keys, values, keep=None):
+        """keep: bool, broadcastable to (B, H, Lq, Lk), True where a query may attend a key."""
+        q, k, v = (_heads(proj(x), self.num_heads) for proj, x in
+                   ((self.query, queries), (self.key, keys), (self.value, values)))
+        return self.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
+
+
+class MultiscaleDeformableAttention(nn.Module):
+    def __init__(self, dim, num_heads, num_levels, num_points):
+        super().__init__()
+        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+
+    def forward(self, queries, values, value_keep, reference_points, levels):
+        """queries (B, Q, C) with position embedding added; values (B, S, C); value_keep (B, S) bool;
+        reference_points (B, Q, L, 2) normalized centers or (B, Q, L, 4) boxes; levels: a `LevelTable`."""
+        b, q, _ = queries.shape
+        h, lv, p = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(values).masked_fill_(~value_keep[..., None], 0.0)
+        value = value.view(b, values.shape[1], h, -1)
+        offsets = self.sampling_offsets(queries).view(b, q, h, lv, p, 2)
+        weights = self.attention_weights(queries).view(b, q, h, lv * p).softmax(-1).view(b, q, h, lv, p)
+        if reference_points.shape[-1] == 2:
+            locations = reference_points[:, :, None, :, None, :] + offsets / levels.offset_normalizer
+        else:
+            centers, sizes = reference_points[:, :, None, :, None, :2], reference_points[:, :, None, :, None, 2:]
+            locations = centers + offsets / p * sizes * 0.5
+        out = ops.ms_deform_attn(value, levels.spatial_shapes, levels.level_start_index, locations, weights)
+        return self.output_proj(out)
+
+
+class BiAttention(nn.Module):
+    """Vision-to-text and text-to-vision cross attention of the fusion layer, sharing one score matrix in the
+    original; here two SDPA calls, each reading the other side's keys (the scores are the same products)."""
+
+    def __init__(self, dim, embed_dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.vision_proj = nn.Linear(dim, embed_dim)
+        self.text_proj = nn.Linear(dim, embed_dim)
+        self.values_vision_proj = nn.Linear(dim, embed_dim)
+        self.values_text_proj = nn.Linear(dim, embed_dim)
+        self.out_vision_proj = nn.Linear(embed_dim, dim)
+        self.out_text_proj = nn.Linear(embed_dim, dim)
+
+    def forward(self, vision, text, vision_keep, text_keep):
+        h = self.num_heads
+        vision_q = _heads(self.vision_proj(vision), h)
+        text_k = _heads(self.text_proj(text), h)
+        vision_v = _heads(self.values_vision_proj(vision), h)
+        text_v = _heads(self.values_text_proj(text), h)
+        to_vision = F.scaled_dot_product_attention(vision_q, text_k, text_v, attn_mask=text_keep[:, None, None, :])
+        to_text = F.scaled_dot_product_attention(text_k, vision_q, vision_v, attn_mask=vision_keep[:, None, None, :])
+        return self.out_vision_proj(_merge_heads(to_vision)), self.out_text_proj(_merge_heads(to_text))
+
+
+class FusionLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.d_model
+        self.layer_norm_vision = nn.LayerNorm(d, config.layer_norm_eps)
+        self.layer_norm_text = nn.LayerNorm(d, config.layer_norm_eps)
+        self.attn = BiAttention(d, config.encoder_ffn_dim // 2, config.encoder_attention_heads // 2)
+        self.vision_param = nn.Parameter(torch.full((d,), 1e-4))
+        self.text_param = nn.Parameter(torch.full((d,), 1e-4))
+
+    def forward(self, vision, text, vision_keep, text_keep):
+        # The residual is taken after the layer norms, as in the original.
+        vision = self.layer_norm_vision(vision)
+        text = self.layer_norm_text(text)
+        delta_vision, delta_text = self.attn(vision, text, vision_keep, text_keep)
+        return torch.addcmul(vision, self.vision_param, delta_vision), torch.addcmul(text, self.text_param, delta_text)
+
+
+def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=4096):
+    """norm(x + fc2(act(fc1(x)))), in row chunks: the (rows, ffn_dim) intermediate stays in cache instead of
+    being a fresh multi-hundred-megabyte buffer per layer."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= chunk_rows or torch.compiler.is_compiling():
+        return norm(x + fc2(activation(fc1(x))))
+    out = torch.empty_like(flat)
+    for start in range(0, flat.shape[0], chunk_rows):
+        rows = flat[start:start + chunk_rows]
+        torch.add(rows, fc2(activation(fc1(rows))), out=out[start:start + chunk_rows])
+    return norm(out.view_as(x))
+
+
+def _activation(name):
+    if name == "relu":
+        return torch.relu_
+    return {"gelu": F.gelu, "silu": F.silu}[name]
+
+
+class TextEnhancerLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.d_model
+        self.self_attn = MultiheadAttention(d, config.encoder_attention_heads // 2)
+        self.fc1 = nn.Linear(d, config.encoder_ffn_dim // 2)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim // 2, d)
+        self.layer_norm_before = nn.LayerNorm(d, config.layer_norm_eps)
+        self.layer_norm_after = nn.LayerNorm(d, config.layer_norm_eps)
+        self.activation = _activation(config.activation_function)
+
+    def forward(self, text, text_pos, phrase_keep):
+        with_pos = text + text_pos
+        text = self.layer_norm_before(text + self.self_attn(with_pos, with_pos, text, phrase_keep))
+        return _feed_forward(text, self.fc1, self.fc2, self.layer_norm_after, self.activation)
+
+
+class DeformableLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.d_model
+        self.self_attn = MultiscaleDeformableAttention(d, config.encoder_attention_heads, config.num_feature_levels,
+                                                       config.encoder_n_points)
+        self.self_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.activation = _activation(config.activation_function)
+
+    def forward(self, vision, vision_pos, vision_keep, reference_points, levels):
+        attended = self.self_attn(vision + vision_pos, vision, vision_keep, reference_points, levels)
+        vision = self.self_attn_layer_norm(vision + attended)
+        return _feed_forward(vision, self.fc1, self.fc2, self.final_layer_norm, self.activation)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.text_enhancer_layer = TextEnhancerLayer(config)
+        self.fusion_layer = FusionLayer(config)
+        self.deformable_layer = DeformableLayer(config)
+
+    def forward(self, vision, text, ctx):
+        vision, text = self.fusion_layer(vision, text, ctx.vision_keep, ctx.text_keep)
+        text = self.text_enhancer_layer(text, ctx.text_pos, ctx.phrase_keep)
+        vision = self.deformable_layer(vision, ctx.vision_pos, ctx.vision_keep, ctx.encoder_reference_points,
+                                       ctx.levels)
+        return vision, text
+
+
+class Encoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+
+    def forward(self, vision, text, ctx, collect_hidden_states=False):
+        vision_states, text_states = [], []
+        for layer in self.layers:
+            if collect_hidden_states:
+                vision_states.append(vision)
+                text_states.append(text)
+            vision, text = layer(vision, text, ctx)
+        if collect_hidden_states:
+            vision_states.append(vision)
+            text_states.append(text)
+        return vision, text, vision_states, text_states
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, heads = config.d_model, config.decoder_attention_heads
+        self.self_attn = MultiheadAttention(d, heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.encoder_attn_text = MultiheadAttention(d, heads)
+        self.encoder_attn_text_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.encoder_attn = MultiscaleDeformableAttention(d, heads, config.num_feature_levels, config.decoder_n_points)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
+        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.activation = _activation(config.activation_function)
+
+    def forward(self, queries, query_pos, reference_points, memory, text_memory, ctx):
+        with_pos = queries + query_pos
+        queries = self.self_attn_layer_norm(queries + self.self_attn(with_pos, with_pos, queries))
+        attended = self.encoder_attn_text(queries + query_pos, text_memory, text_memory, ctx.text_keep[:, None, None])
+        queries = self.encoder_attn_text_layer_norm(queries + attended)
+        attended = self.encoder_attn(queries + query_pos, memory, ctx.vision_keep, reference_points, ctx.levels)
+        queries = self.encoder_attn_layer_norm(queries + attended)
+        return _feed_forward(queries, self.fc1, self.fc2, self.final_layer_norm, self.activation)
+
+
+class Decoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.d_model
+        self.layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        self.reference_points_head = MLPHead(config.query_dim // 2 * d, d, d, 2)
+        self.bbox_embed = None  # the detection heads' box MLPs, shared (tied), set by the model
+        self.d_model = d
+
+    def forward(self, queries, reference_points, memory, text_memory, ctx, collect_hidden_states=False):
+        """reference_points: (B, Q, 4) boxes in [0, 1], refined after every layer. Returns the normed hidden
+        states of every layer (B, layers, Q, C) and the reference points each layer produced."""
+        box_scale = torch.cat([ctx.valid_ratios, ctx.valid_ratios], -1)[:, None]  # (B, 1, L, 4)
+        normed, references, hidden = [], [], []
+        for idx, layer in enumerate(self.layers):
+            per_level = reference_points[:, :, None] * box_scale
+            query_pos = self.reference_points_head(sine_embedding(per_level[:, :, 0], self.d_model // 2))
+            if collect_hidden_states:
+                hidden.append(self.layer_norm(queries))
+            queries = layer(queries, query_pos, per_level, memory, text_memory, ctx)
+            if self.bbox_embed is not None:
+                delta = self.bbox_embed[idx](queries)
+                reference_points = (delta + torch.special.logit(reference_points, eps=1e-5)).sigmoid()
+            normed.append(self.layer_norm(queries))
+            references.append(reference_points)
+        if collect_hidden_states:
+            hidden.append(normed[-1])
+        return torch.stack(normed, 1), torch.stack(references, 1), hidden

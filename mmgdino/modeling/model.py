@@ -1,0 +1,364 @@
+"""MM Grounding DINO (and LLMDet, Grounding DINO) for inference: image + prompt -> features -> encoder ->
+two-stage proposals -> decoder -> boxes and phrase logits.
+
+Same config and state-dict keys as transformers' `MMGroundingDinoForObjectDetection` /
+`GroundingDinoForObjectDetection`; the Swin backbone, the BERT text encoder and the processor are transformers'
+own. What we skip on the way: the loss-only encoder logits, the class and box heads of the intermediate decoder
+layers, the box head over every pixel (only the top-k proposals need boxes), per-layer mask and position
+recomputation, and the (B, pixels, 256) padded logits before the top-k (the reduced `contrastive_max` form).
+"""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .layers import Decoder, Encoder, MLPHead, sine_embedding
+
+SPECIAL_TOKENS = (101, 102, 1012, 1029)  # [CLS], [SEP], ".", "?" in BERT's vocabulary: phrase boundaries
+
+
+@dataclasses.dataclass
+class LevelTable:
+    """Where each feature level lives in the flattened pixel sequence."""
+
+    shapes: list  # [(height, width)] as Python ints
+    spatial_shapes: torch.Tensor  # (L, 2) int64
+    level_start_index: torch.Tensor  # (L,) int64
+    offset_normalizer: torch.Tensor  # (1, 1, 1, L, 1, 2): (width, height), divides encoder sampling offsets
+
+    @classmethod
+    def build(cls, shapes, device, dtype):
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+        sizes = spatial_shapes.prod(1)
+        starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        normalizer = spatial_shapes.flip(-1).to(dtype).view(1, 1, 1, len(shapes), 1, 2)
+        return cls(list(shapes), spatial_shapes, starts, normalizer)
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything the encoder and decoder layers share, computed once per forward."""
+
+    levels: LevelTable
+    vision_keep: torch.Tensor  # (B, S) bool, True on real (unpadded) pixels
+    vision_pos: torch.Tensor  # (B, S, C) sine position + level embedding
+    valid_ratios: torch.Tensor  # (B, L, 2) (width, height) fraction of each level that is not padding
+    encoder_reference_points: torch.Tensor  # (B, S, L, 2)
+    text_keep: torch.Tensor  # (B, T) bool, True on real tokens
+    text_pos: torch.Tensor  # (B, T, C) sine embedding of the position inside each phrase
+    phrase_keep: torch.Tensor  # (B, 1, T, T) bool, tokens attend within their own phrase
+
+
+class ContrastiveHead(nn.Module):
+    """Phrase logits (vision . text) * scale + bias. MM Grounding DINO and LLMDet learn a bias per head and scale
+    by 1/sqrt(C); Grounding DINO has neither (scale 1, no parameter)."""
+
+    def __init__(self, config, with_bias):
+        super().__init__()
+        self.max_text_len = config.max_text_len
+        self.scale = (1.0 / config.d_model ** 0.5) if with_bias else 1.0
+        if with_bias:
+            self.bias = nn.Parameter(torch.tensor(0.0))
+        else:
+            self.bias = None
+
+    def _bias(self):
+        return 0.0 if self.bias is None else self.bias
+
+    def forward(self, vision, text, text_keep):
+        return ops.contrastive_logits(vision, text, text_keep, bias=self._bias(), scale=self.scale,
+                                      max_text_len=self.max_text_len)
+
+    def best(self, vision, text, text_keep):
+        return ops.contrastive_max(vision, text, text_keep, bias=self._bias(), scale=self.scale)
+
+
+def phrase_attention(input_ids, special_tokens):
+    """Tokens attend to the tokens of their own phrase (phrases end at a special token) and to themselves; the
+    position ids restart at every phrase. Returns (keep (B, T, T) bool, position_ids (B, T))."""
+    batch, length = input_ids.shape
+    idx = torch.arange(length, device=input_ids.device).expand(batch, -1)
+    special = torch.isin(input_ids, special_tokens)
+    # The phrase of token i is named by the first special token at or after i.
+    phrase_end = torch.where(special, idx, torch.full_like(idx, length)).flip(1).cummin(1).values.flip(1)
+    # The previous phrase ended at the last special token strictly before i.
+    last_special = torch.where(special, idx, torch.full_like(idx, -1)).cummax(1).values
+    previous_end = torch.cat([last_special.new_full((batch, 1), -1), last_special[:, :-1]], 1)
+    in_phrase = (phrase_end != 0) & (phrase_end != length - 1) & (phrase_end != length)
+    keep = (phrase_end[:, :, None] == phrase_end[:, None, :]) & in_phrase[:, None, :]
+    keep |= torch.eye(length, dtype=torch.bool, device=input_ids.device)
+    position_ids = torch.where(in_phrase, idx - previous_end - 1, torch.zeros_like(idx)).clamp_min(0)
+    return keep, position_ids
+
+
+def valid_ratios_of(mask, dtype):
+    """(B, H, W) bool (True = real pixel) -> (B, 2): the unpadded fraction of width and of height."""
+    height, width = mask.shape[-2:]
+    valid_h = mask[:, :, 0].sum(1, dtype=dtype) / height
+    valid_w = mask[:, 0, :].sum(1, dtype=dtype) / width
+    return torch.stack([valid_w, valid_h], -1)
+
+
+def encoder_reference_points(shapes, valid_ratios):
+    """Pixel centers of every level, normalized by the unpadded extent, then scaled back per level."""
+    points = []
+    for level, (height, width) in enumerate(shapes):
+        ys, xs = torch.meshgrid(
+            torch.linspace(0.5, height - 0.5, height, dtype=valid_ratios.dtype, device=valid_ratios.device),
+            torch.linspace(0.5, width - 0.5, width, dtype=valid_ratios.dtype, device=valid_ratios.device),
+            indexing="ij",
+        )
+        ys = ys.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+        xs = xs.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+        points.append(torch.stack((xs, ys), -1))
+    return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+
+
+class GroundingDinoCore(nn.Module):
+    """transformers' `MMGroundingDinoModel` / `GroundingDinoModel` parameters (the `model.` prefix)."""
+
+    def __init__(self, config, family):
+        super().__init__()
+        from transformers import AutoModel
+        from transformers.models.mm_grounding_dino import modeling_mm_grounding_dino as reference
+
+        if not config.two_stage:
+            raise NotImplementedError("mmgdino implements the two-stage models (every released checkpoint is)")
+        d = config.d_model
+        conv_encoder = reference.MMGroundingDinoConvEncoder(config)
+        self.backbone = reference.MMGroundingDinoConvModel(conv_encoder, reference.build_position_encoding(config))
+        channels = list(conv_encoder.intermediate_channel_sizes)
+        projections = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in channels]
+        in_channels = channels[-1]
+        for _ in range(config.num_feature_levels - len(channels)):
+            projections.append(nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1),
+                                             nn.GroupNorm(32, d)))
+            in_channels = d
+        self.input_proj_vision = nn.ModuleList(projections)
+        self.text_backbone = AutoModel.from_config(config.text_config, add_pooling_layer=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, d)
+        if config.embedding_init_target:
+            self.query_position_embeddings = nn.Embedding(config.num_queries, d)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.level_embed = nn.Parameter(torch.zeros(config.num_feature_levels, d))
+        self.enc_output = nn.Linear(d, d)
+        self.enc_output_norm = nn.LayerNorm(d, config.layer_norm_eps)
+        self.encoder_output_bbox_embed = MLPHead(d, d, 4, 3)
+        self.encoder_output_class_embed = ContrastiveHead(config, with_bias=family == "mm-grounding-dino")
+        self.register_buffer("special_tokens", torch.tensor(SPECIAL_TOKENS), persistent=False)
+
+
+class MMGroundingDinoForObjectDetection(nn.Module):
+    """Inference-first MM Grounding DINO / LLMDet / Grounding DINO.
+
+    Build it with `from_pretrained(hub id or local dir)`, `from_config(config)` or `from_transformers(model)`;
+    call it like transformers' model (`pixel_values`, `input_ids`, `attention_mask`, `pixel_mask`, ...). The
+    output is transformers' own output class, so `processor.post_process_grounded_object_detection` takes it.
+    Not computed unless asked: `enc_outputs_class` / `enc_outputs_coord_logits` (pass
+    `output_proposal_logits=True`), `encoder_logits` (loss only), attentions, losses.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        family = config.model_type
+        if family not in ("mm-grounding-dino", "grounding-dino"):
+            raise ValueError(f"expected an MM Grounding DINO or Grounding DINO config, got model_type={family!r}")
+        self.config = config
+        self.family = family
+        with_bias = family == "mm-grounding-dino"
+        self.model = GroundingDinoCore(config, family)
+        layers = config.decoder_layers
+
+        def heads(make, shared):
+            # Shared heads are one module repeated: the tying transformers applies on load, kept by identity.
+            if shared:
+                head = make()
+                return nn.ModuleList([head] * layers)
+            return nn.ModuleList(make() for _ in range(layers))
+
+        d = config.d_model
+        self.class_embed = heads(lambda: ContrastiveHead(config, with_bias),
+                                 with_bias and config.decoder_cls_embed_share)
+        self.bbox_embed = heads(lambda: MLPHead(d, d, 4, 3), config.decoder_bbox_embed_share)
+        self.model.decoder.bbox_embed = self.bbox_embed
+        if with_bias:
+            self.model.decoder.class_embed = self.class_embed
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config):
+        from .weights import initialize
+
+        model = cls(config)
+        initialize(model)
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
+        from .weights import load_pretrained
+
+        return load_pretrained(cls, name_or_path, dtype=dtype, device=device, revision=revision,
+                               local_files_only=local_files_only)
+
+    @classmethod
+    def from_transformers(cls, hf_model):
+        from .weights import load_state_dict
+
+        param = next(hf_model.parameters())
+        model = cls(hf_model.config)
+        load_state_dict(model, hf_model.state_dict())
+        return model.to(device=param.device, dtype=param.dtype).eval()
+
+    def save_pretrained(self, directory):
+        from .weights import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @property
+    def device(self):
+        return self.model.level_embed.device
+
+    @property
+    def dtype(self):
+        return self.model.level_embed.dtype
+
+    # ------------------------------------------------------------------ forward: the data path
+
+    def forward(self, pixel_values, input_ids, token_type_ids=None, attention_mask=None, pixel_mask=None,
+                output_hidden_states=False, output_proposal_logits=False, return_dict=True, **unused):
+        if unused.get("labels") is not None:
+            raise NotImplementedError("mmgdino's model is for inference; train with transformers' model")
+        core, config = self.model, self.config
+        text, text_keep, text_pos, phrase_keep, input_ids = self._encode_prompt(input_ids, token_type_ids,
+                                                                                attention_mask)
+        vision, vision_keep, vision_pos, levels, valid_ratios = self._encode_image(pixel_values, pixel_mask)
+        ctx = Context(levels, vision_keep, vision_pos, valid_ratios,
+                      encoder_reference_points(levels.shapes, valid_ratios), text_keep, text_pos, phrase_keep)
+
+        memory, text_memory, vision_states, text_states = core.encoder(vision, text, ctx, output_hidden_states)
+
+        queries, reference_points, proposal_outputs = self._select_proposals(memory, text_memory, ctx,
+                                                                             output_proposal_logits)
+        normed, references, decoder_states = core.decoder(queries, reference_points, memory, text_memory, ctx,
+                                                          output_hidden_states)
+
+        last = normed[:, -1]
+        before_last = references[:, -2] if references.shape[1] > 1 else reference_points
+        logits = self.class_embed[-1](last, text_memory, text_keep)
+        pred_boxes = (self.bbox_embed[-1](last) + torch.special.logit(before_last, eps=1e-5)).sigmoid()
+
+        fields = dict(
+            logits=logits,
+            pred_boxes=pred_boxes,
+            last_hidden_state=last,
+            init_reference_points=reference_points,
+            intermediate_hidden_states=normed,
+            intermediate_reference_points=references,
+            decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+            encoder_last_hidden_state_vision=memory,
+            encoder_last_hidden_state_text=text_memory,
+            encoder_vision_hidden_states=tuple(vision_states) if output_hidden_states else None,
+            encoder_text_hidden_states=tuple(text_states) if output_hidden_states else None,
+            encoder_pred_boxes=reference_points,
+            input_ids=input_ids,
+            **proposal_outputs,
+        )
+        output = self._output_class()(**fields)
+        return output if return_dict else output.to_tuple()
+
+    def _encode_prompt(self, input_ids, token_type_ids, attention_mask):
+        core, max_len = self.model, self.config.max_text_len
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        input_ids, token_type_ids = input_ids[:, :max_len], token_type_ids[:, :max_len]
+        text_keep = attention_mask[:, :max_len].bool()
+        phrase_keep, position_ids = phrase_attention(input_ids, core.special_tokens)
+        text = core.text_backbone(input_ids, phrase_keep[:, None], token_type_ids, position_ids,
+                                  return_dict=True).last_hidden_state
+        text = core.text_projection(text)
+        text_pos = sine_embedding(position_ids[..., None].to(text.dtype), self.config.d_model)
+        return text, text_keep, text_pos, phrase_keep[:, None], input_ids
+
+    def _encode_image(self, pixel_values, pixel_mask):
+        """Backbone features of every level, projected to d_model and flattened into one pixel sequence."""
+        core, config = self.model, self.config
+        batch, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones((batch, height, width), dtype=torch.long, device=pixel_values.device)
+        features, positions = core.backbone(pixel_values, pixel_mask)
+        maps = [proj(f) for proj, (f, _) in zip(core.input_proj_vision, features)]
+        masks = [m for _, m in features]
+        for level in range(len(maps), config.num_feature_levels):
+            source = core.input_proj_vision[level](features[-1][0] if level == len(features) else maps[-1])
+            mask = F.interpolate(pixel_mask[None].float(), size=source.shape[-2:]).to(torch.bool)[0]
+            maps.append(source)
+            masks.append(mask)
+            positions.append(core.backbone.position_embedding(source, mask).to(source.dtype))
+        shapes = [tuple(m.shape[-2:]) for m in maps]
+        vision = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+        vision_keep = torch.cat([m.flatten(1) for m in masks], 1)
+        vision_pos = torch.cat([p.flatten(2).transpose(1, 2) + core.level_embed[i].view(1, 1, -1)
+                                for i, p in enumerate(positions)], 1)
+        levels = LevelTable.build(shapes, vision.device, vision.dtype)
+        valid_ratios = torch.stack([valid_ratios_of(m, vision.dtype) for m in masks], 1)
+        return vision, vision_keep, vision_pos, levels, valid_ratios
+
+    def _proposals(self, memory, ctx):
+        """Every pixel's proposal box (inverse-sigmoid; inf where padded or too near the border) and its
+        normalized query feature."""
+        boxes = []
+        for level, (height, width) in enumerate(ctx.levels.shapes):
+            start = ctx.levels.level_start_index[level]
+            keep = ctx.vision_keep[:, start:start + height * width].view(-1, height, width)
+            valid_h = keep[:, :, 0].sum(1)
+            valid_w = keep[:, 0, :].sum(1)
+            ys, xs = torch.meshgrid(torch.arange(height, dtype=memory.dtype, device=memory.device),
+                                    torch.arange(width, dtype=memory.dtype, device=memory.device), indexing="ij")
+            grid = torch.stack([xs, ys], -1)[None] + 0.5
+            grid = grid / torch.stack([valid_w, valid_h], -1).view(-1, 1, 1, 2)
+            size = torch.full_like(grid, 0.05 * 2.0 ** level)
+            boxes.append(torch.cat([grid, size], -1).flatten(1, 2))
+        boxes = torch.cat(boxes, 1)
+        usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1, keepdim=True) & ctx.vision_keep[..., None]
+        box_logits = torch.log(boxes / (1 - boxes)).masked_fill(~usable, float("inf"))
+        core = self.model
+        object_query = core.enc_output_norm(core.enc_output(memory.masked_fill(~usable, 0.0)))
+        return object_query, box_logits
+
+    def _select_proposals(self, memory, text_memory, ctx, output_proposal_logits):
+        """Two-stage query selection: the top num_queries pixels by their best phrase logit."""
+        core, config = self.model, self.config
+        object_query, box_logits = self._proposals(memory, ctx)
+        head = core.encoder_output_class_embed
+        best = head.best(object_query, text_memory, ctx.text_keep)
+        top = torch.topk(best, config.num_queries, dim=1).indices
+        chosen = torch.gather(object_query, 1, top[..., None].expand(-1, -1, object_query.shape[-1]))
+        chosen_boxes = torch.gather(box_logits, 1, top[..., None].expand(-1, -1, 4))
+        reference_points = (core.encoder_output_bbox_embed(chosen) + chosen_boxes).sigmoid()
+        if config.embedding_init_target:
+            queries = core.query_position_embeddings.weight[None].expand(memory.shape[0], -1, -1)
+        else:
+            queries = chosen
+        extra = {}
+        if output_proposal_logits:
+            extra["enc_outputs_class"] = head(object_query, text_memory, ctx.text_keep)
+            extra["enc_outputs_coord_logits"] = core.encoder_output_bbox_embed(object_query) + box_logits
+        return queries, reference_points, extra
+
+    def _output_class(self):
+        if self.family == "mm-grounding-dino":
+            from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import (
+                MMGroundingDinoObjectDetectionOutput as Output,
+            )
+        else:
+            from transformers.models.grounding_dino.modeling_grounding_dino import (
+                GroundingDinoObjectDetectionOutput as Output,
+            )
+        return Output
