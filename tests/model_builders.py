@@ -85,3 +85,22 @@ def grounding_inputs(batch=2, height=64, width=80, seed=1):
         pixel_mask[1, :, width - 20:] = 0
         pixel_values[1, :, :, width - 20:] = 0
     return dict(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids, attention_mask=attention_mask)
+
+
+def offline_processor(directory):
+    """A Grounding DINO processor with a made-up BERT vocabulary written to `directory` (no downloads): the
+    special ids sit where BERT has them, and words are "w200", "w201", ... with their own ids."""
+    from pathlib import Path
+
+    from transformers import BertTokenizer, GroundingDinoProcessor
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    vocab = [f"[unused{i}]" for i in range(VOCAB)]
+    vocab[0], vocab[100], vocab[101], vocab[102], vocab[103], vocab[1012] = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."
+    for i in range(200, 1000):
+        vocab[i] = f"w{i}"
+    path = Path(directory) / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(path), do_lower_case=True)
+    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
+                                  tokenizer=tokenizer)

@@ -1,7 +1,6 @@
 """Checkpoints: transformers' state-dict keys in, the same keys out, with transformers' weight tying applied on
 load (the decoder's box heads are the detection heads; shared heads all read head 0)."""
 
-import json
 import math
 import os
 import re
@@ -81,61 +80,47 @@ def initialize(model):
     return model
 
 
-def _resolve(name_or_path, revision, local_files_only):
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
-        raise ModelLoadError(f"model {name_or_path!r}: no such directory")
-    from huggingface_hub import snapshot_download
+def transformers_class(config):
+    import transformers
 
-    try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, local_files_only=bool(local_files_only),
-                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-    except Exception as exc:  # the hub client raises many types; the user needs one clear line
-        reason = type(exc).__name__
-        offline = "offline" in str(exc).lower() or "connect" in str(exc).lower() or "LocalEntryNotFound" in reason
-        hint = "no network, and it is not in the local cache" if offline else str(exc).splitlines()[0]
-        raise ModelLoadError(f"model {name_or_path!r} could not be fetched from the Hugging Face Hub: {hint}") from exc
-
-
-def _read_weights(directory):
-    from safetensors.torch import load_file
-
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (directory / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise ModelLoadError(f"{directory}: no model.safetensors (or sharded index) found")
-    state = {}
-    for name in files:
-        state.update(load_file(str(directory / name)))
-    return state
+    names = {"mm-grounding-dino": "MMGroundingDinoForObjectDetection", "grounding-dino": "GroundingDinoForObjectDetection"}
+    if config.model_type not in names:
+        raise ModelLoadError(f"model_type {config.model_type!r} is not MM Grounding DINO, LLMDet or Grounding DINO")
+    return getattr(transformers, names[config.model_type])
 
 
 def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
+    """Read the checkpoint through transformers (its hub client, key conversions and tying), then move the weights
+    into our model; transformers' copy is dropped."""
     from transformers import AutoConfig
 
+    path = Path(str(name_or_path)).expanduser()
+    if not path.is_dir() and (path.exists() or str(name_or_path).startswith((".", "/", "~"))
+                              or str(name_or_path).count("/") > 1):
+        raise ModelLoadError(f"model {str(name_or_path)!r}: no such directory")
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    directory = _resolve(name_or_path, revision, local_files_only)
+    where = str(path) if path.is_dir() else str(name_or_path)
+    kwargs = dict(revision=revision, local_files_only=bool(local_files_only))
     try:
-        config = AutoConfig.from_pretrained(str(directory))
-    except Exception as exc:
-        raise ModelLoadError(f"{directory}: unreadable config.json ({exc})") from exc
-    model = cls(config)
-    load_state_dict(model, _read_weights(directory))
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except Exception as exc:  # the hub client raises many types; the user needs one clear line
+        text = str(exc)
+        if path.is_dir():
+            raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
+        offline = any(w in text.lower() for w in ("offline", "connect", "resolve", "local_files_only", "cache"))
+        hint = "no network, and it is not in the local cache" if offline else (text.splitlines()[0] if text else "")
+        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: {hint}") from exc
+    reference = transformers_class(config).from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
+    model = cls(reference.config)
+    load_state_dict(model, reference.state_dict())
+    del reference
     return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 
 def save_pretrained(model, directory):
-    """config.json + model.safetensors with each tied tensor stored once, under the key transformers keeps."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(str(directory))
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if canonical_key(k, model.config) == k}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    """A checkpoint transformers (and we) can read: written by transformers' own model holding our weights, so the
+    keys and files are exactly what transformers writes."""
+    reference = transformers_class(model.config)(model.config)
+    reference.load_state_dict(model.state_dict())
+    reference.save_pretrained(str(directory))
