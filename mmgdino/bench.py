@@ -293,38 +293,50 @@ def tiny_model_and_inputs(device, dtype=torch.float32, height=800, width=1333, s
     return model, inputs
 
 
+def _compare(ours, reference):
+    """Relative error over the queries that selected the same proposal (near-tied proposals at the top-k boundary
+    may swap under float noise; random weights tie often), and how many swapped; inf if -inf positions differ."""
+    same = (ours.init_reference_points - reference.init_reference_points).abs().amax(-1) < 1e-5
+    finite = torch.isfinite(reference.logits[same])
+    if not torch.equal(torch.isfinite(ours.logits[same]), finite):
+        return float("inf"), int((~same).sum())
+    err = max(rel_err(ours.logits[same][finite], reference.logits[same][finite]),
+              rel_err(ours.pred_boxes[same], reference.pred_boxes[same]))
+    return err, int((~same).sum())
+
+
 def run_end_to_end(device=None, repeats=3, log=print):
-    """End-to-end latency of the tiny model: transformers eager vs the same model after mmgdino.patch."""
+    """End-to-end latency of the tiny model at 800x1333: transformers eager, the same model after mmgdino.patch,
+    and mmgdino's own model holding the same weights."""
+    from .modeling import MMGroundingDinoForObjectDetection
     from .patching import patch, unpatch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, inputs = tiny_model_and_inputs(device)
+    ours = MMGroundingDinoForObjectDetection.from_transformers(model)
     log("end to end: MM Grounding DINO tiny, 800x1333, float32")
+    rows = []
     with torch.no_grad():
         reference = model(**inputs)
         base_ms = median_ms(lambda: model(**inputs), device, repeats)
         patch(model)
         try:
-            ours = model(**inputs)
-            ms = median_ms(lambda: model(**inputs), device, repeats)
+            patched = model(**inputs)
+            patched_ms = median_ms(lambda: model(**inputs), device, repeats)
         finally:
             unpatch(model)
-    # Proposals tied within float noise at the top-k boundary may swap (random weights tie often); compare the
-    # queries that selected the same proposal and report how many swapped.
-    same = (ours.init_reference_points - reference.init_reference_points).abs().amax(-1) < 1e-5
-    log(f"end to end: {int((~same).sum())} of {same.numel()} proposals swapped at the top-k boundary")
-    finite = torch.isfinite(reference.logits[same])
-    err = max(rel_err(ours.logits[same][finite], reference.logits[same][finite]),
-              rel_err(ours.pred_boxes[same], reference.pred_boxes[same]))
-    if not torch.equal(torch.isfinite(ours.logits[same]), finite):
-        err = float("inf")
-    row = Row("model", "forward", "mm_grounding_dino_tiny 800x1333", 1, "float32", "mmgdino.patch", ms,
-              "transformers (same model, unpatched)", base_ms, base_ms / ms, err)
-    return [row]
+        own = ours(**inputs)
+        own_ms = median_ms(lambda: ours(**inputs), device, repeats)
+    for name, out, ms in (("mmgdino.patch", patched, patched_ms), ("mmgdino model", own, own_ms)):
+        err, swapped = _compare(out, reference)
+        log(f"end to end, {name}: {swapped} of {out.logits.shape[1]} proposals swapped at the top-k boundary")
+        rows.append(Row("model", "forward", "mm_grounding_dino_tiny 800x1333", 1, "float32", name, ms,
+                        "transformers eager", base_ms, base_ms / ms, err))
+    return rows
 
 
 def run_ops(device=None, dtypes=None, quick=False, repeats=None, peers=(), backends=None, log=print,
-            end_to_end=True):
+            end_to_end=True, ops_cases=True):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtypes is None:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
@@ -338,7 +350,7 @@ def run_ops(device=None, dtypes=None, quick=False, repeats=None, peers=(), backe
         return [b for b in names if not (b == "triton" and device.type == "cpu")]
 
     rows = []
-    for dtype in dtypes:
+    for dtype in dtypes if ops_cases else ():
         for case in ("encoder", "decoder"):
             for batch in batches:
                 log(f"ms_deform_attn {case} batch={batch} {dtype}")
@@ -416,3 +428,35 @@ def write_report(report, path):
     path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     path.with_suffix(".md").write_text(markdown_table(report))
     return path.with_suffix(".json"), path.with_suffix(".md")
+
+
+def plot_report(report, path):
+    """A PNG bar chart of every row's speedup over its baseline (log scale), next to the JSON and markdown."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib (or mmgdino[plot])") from exc
+    rows = report["results"]
+    names = [f"{r['op']} {r['pass']} {r['case']} b{r['batch']} {r['dtype']} [{r['backend']}]" for r in rows]
+    speedups = [r["speedup"] for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.4))
+    colors = ["#2a7ab0" if s >= 1 else "#c0392b" for s in speedups]
+    ax.barh(range(len(rows)), speedups, color=colors)
+    ax.set_yticks(range(len(rows)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.5, min(speedups) / 1.5), max(speedups) * 2.5)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, s in enumerate(speedups):
+        ax.text(s, i, f" {s:.1f}x", va="center", fontsize=7)
+    ax.set_xlabel("speedup over the baseline (transformers' PyTorch code), log scale")
+    ax.set_title(f"mmgdino on {report['device']} (commit {report['commit']})", fontsize=9)
+    fig.tight_layout()
+    path = Path(path).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

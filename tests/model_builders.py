@@ -102,5 +102,5 @@ def offline_processor(directory):
     path = Path(directory) / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(path), do_lower_case=True)
-    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
+    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 160}),
                                   tokenizer=tokenizer)

@@ -229,14 +229,24 @@ class MMGroundingDinoForObjectDetection(nn.Module):
 
     # ------------------------------------------------------------------ forward: the data path
 
-    def forward(self, pixel_values, input_ids, token_type_ids=None, attention_mask=None, pixel_mask=None,
-                output_hidden_states=False, output_proposal_logits=False, return_dict=True, **unused):
+    def forward(self, pixel_values=None, input_ids=None, token_type_ids=None, attention_mask=None, pixel_mask=None,
+                output_hidden_states=False, output_proposal_logits=False, return_dict=True, prompt_features=None,
+                image_features=None, **unused):
+        """`prompt_features` (from `encode_prompt`) and `image_features` (from `encode_image`) replace the text
+        and image inputs when given: a prompt reused across images, or images reused across prompt chunks, is
+        encoded once."""
         if unused.get("labels") is not None:
             raise NotImplementedError("mmgdino's model is for inference; train with transformers' model")
         core, config = self.model, self.config
-        text, text_keep, text_pos, phrase_keep, input_ids = self._encode_prompt(input_ids, token_type_ids,
-                                                                                attention_mask)
-        vision, vision_keep, vision_pos, levels, valid_ratios = self._encode_image(pixel_values, pixel_mask)
+        if prompt_features is None:
+            prompt_features = self.encode_prompt(input_ids, token_type_ids, attention_mask)
+        if image_features is None:
+            image_features = self.encode_image(pixel_values, pixel_mask)
+        text, text_keep, text_pos, phrase_keep, input_ids = prompt_features
+        vision, vision_keep, vision_pos, levels, valid_ratios = image_features
+        if text.shape[0] != vision.shape[0]:  # one prompt for a batch of images
+            text, text_keep, text_pos, phrase_keep, input_ids = (
+                x.expand(vision.shape[0], *x.shape[1:]) for x in prompt_features)
         ctx = Context(levels, vision_keep, vision_pos, valid_ratios,
                       encoder_reference_points(levels.shapes, valid_ratios), text_keep, text_pos, phrase_keep)
 
@@ -271,7 +281,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         output = self._output_class()(**fields)
         return output if return_dict else output.to_tuple()
 
-    def _encode_prompt(self, input_ids, token_type_ids, attention_mask):
+    def encode_prompt(self, input_ids, token_type_ids=None, attention_mask=None):
         core, max_len = self.model, self.config.max_text_len
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -286,7 +296,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         text_pos = sine_embedding(position_ids[..., None].to(text.dtype), self.config.d_model)
         return text, text_keep, text_pos, phrase_keep[:, None], input_ids
 
-    def _encode_image(self, pixel_values, pixel_mask):
+    def encode_image(self, pixel_values, pixel_mask=None):
         """Backbone features of every level, projected to d_model and flattened into one pixel sequence."""
         core, config = self.model, self.config
         batch, _, height, width = pixel_values.shape

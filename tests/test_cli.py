@@ -1,0 +1,37 @@
+"""The `mmgdino` command line: info, the bench report writers and chart (detect is in test_detector.py)."""
+
+import json
+
+import pytest
+
+from mmgdino import bench
+from mmgdino.cli import main
+
+
+def _report():
+    rows = [bench.Row("ms_deform_attn", "forward", "encoder", 1, "float32", "cpu", 2.0, "transformers", 40.0, 20.0,
+                      3e-6, 12.5),
+            bench.Row("model", "forward", "tiny", 1, "float32", "mmgdino model", 7.0, "transformers eager", 19.0,
+                      19.0 / 7.0, 1e-7)]
+    return {"device": "test device", "commit": "abc", "versions": bench.versions(),
+            "results": [r.to_json() for r in rows]}
+
+
+def test_report_writers(tmp_path):
+    json_path, md_path = bench.write_report(_report(), tmp_path / "r")
+    assert json.loads(json_path.read_text())["results"][0]["speedup"] == 20.0
+    table = md_path.read_text()
+    assert "| ms_deform_attn | forward | encoder | 1 | float32 | cpu | 2.0000 |" in table
+    assert "20.0x" in table and "2.7x" in table
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = bench.plot_report(_report(), tmp_path / "r")
+    assert path.suffix == ".png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "ms_deform_attn" in out and "backends:" in out
