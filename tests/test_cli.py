@@ -35,3 +35,15 @@ def test_info_lists_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "ms_deform_attn" in out and "backends:" in out
+
+
+def test_end_to_end_rows_at_a_small_size():
+    import torch
+
+    rows = bench.run_end_to_end("cpu", repeats=1, log=lambda m: None, height=256, width=320,
+                                dtypes=[torch.float32, torch.bfloat16])
+    assert [(r.backend, r.dtype) for r in rows] == [("transformers eager", "float32"), ("mmgdino.patch", "float32"),
+                                                    ("mmgdino model", "float32"), ("mmgdino model", "bfloat16")]
+    assert rows[1].rel_err < 1e-4 and rows[2].rel_err < 1e-4
+    assert rows[3].rel_err < 0.1
+    assert all(r.median_ms > 0 and r.peak_mb is None for r in rows)
