@@ -36,13 +36,15 @@ def _common(levels, **overrides):
     return settings
 
 
-def mm_grounding_dino(levels=4, seed=0, **overrides):
+def mm_grounding_dino(levels=4, seed=0, backbone_overrides=None, **overrides):
     from transformers import MMGroundingDinoConfig, MMGroundingDinoForObjectDetection
 
     torch.manual_seed(seed)
     backbone, text = small_backbone_and_text()
     if levels == 5:
         backbone.out_indices = [1, 2, 3, 4]
+    for key, value in (backbone_overrides or {}).items():
+        setattr(backbone, key, value)
     config = MMGroundingDinoConfig(backbone_config=backbone, text_config=text, **_common(levels, **overrides))
     model = MMGroundingDinoForObjectDetection(config).eval()
     with torch.no_grad():  # distinct biases per layer where heads are untied, as in real checkpoints
