@@ -96,3 +96,23 @@ def test_offsets_past_int32(backend):
     out = ops.ms_deform_attn(value, shapes, starts, loc, attn, backend=backend)
     ref = ops.ms_deform_attn(value, shapes, starts, loc, attn, backend="torch")
     assert rel_err(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_model_on_gpu_matches_transformers(dtype):
+    """mmgdino's model on the GPU against transformers' model on the GPU (float32 reference)."""
+    import model_builders as mb
+    from mmgdino import MMGroundingDinoForObjectDetection
+
+    hf = mb.mm_grounding_dino().cuda()
+    inputs = {k: v.cuda() for k, v in mb.grounding_inputs().items()}
+    model = MMGroundingDinoForObjectDetection.from_transformers(hf).to(dtype)
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    with torch.no_grad():
+        reference = hf(**inputs)
+        ours = model(**cast)
+    finite = torch.isfinite(reference.logits)
+    assert ours.logits.dtype == torch.float32
+    assert torch.equal(torch.isfinite(ours.logits), finite)
+    # TF32 and bf16 move logits; compare in aggregate (fp32 tightly, bf16 loosely).
+    assert rel_err(ours.logits[finite], reference.logits[finite]) < (1e-3 if dtype == torch.float32 else 0.1)
