@@ -323,10 +323,10 @@ class MMGroundingDinoForObjectDetection(nn.Module):
     def _proposals(self, memory, ctx):
         """Every pixel's proposal box (inverse-sigmoid; inf where padded or too near the border) and its
         normalized query feature."""
-        boxes = []
+        boxes, start = [], 0
         for level, (height, width) in enumerate(ctx.levels.shapes):
-            start = ctx.levels.level_start_index[level]
             keep = ctx.vision_keep[:, start:start + height * width].view(-1, height, width)
+            start += height * width
             valid_h = keep[:, :, 0].sum(1)
             valid_w = keep[:, 0, :].sum(1)
             ys, xs = torch.meshgrid(torch.arange(height, dtype=memory.dtype, device=memory.device),
