@@ -165,8 +165,12 @@ class Detector:
 def _load_processor(model_id):
     from transformers import AutoProcessor
 
+    from .modeling.weights import cache_first
+
     try:
-        return AutoProcessor.from_pretrained(str(model_id))
+        return cache_first(AutoProcessor.from_pretrained, str(model_id))
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"no processor (tokenizer + image processor) for {str(model_id)!r}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

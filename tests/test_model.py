@@ -179,23 +179,30 @@ def test_routes_deformable_attention_and_logits_to_mmgdino_ops(monkeypatch):
     assert calls.count("contrastive_logits") == 1  # the last decoder layer only
 
 
-def test_from_config_builds_an_untrained_model():
-    hf = mb.mm_grounding_dino()
+@pytest.mark.parametrize("build", [mb.mm_grounding_dino, mb.grounding_dino], ids=["mm_grounding_dino", "grounding_dino"])
+def test_from_config_builds_an_untrained_model(build):
+    hf = build()
     model = Ours.from_config(hf.config)
     with torch.no_grad():
         out = model(**mb.grounding_inputs())
     assert out.logits.shape == (2, hf.config.num_queries, hf.config.max_text_len)
     assert torch.isfinite(out.pred_boxes).all()
-    assert model.class_embed[0].bias.item() == pytest.approx(-4.595, abs=1e-3)
+    if hf.config.model_type == "mm-grounding-dino":
+        assert model.class_embed[0].bias.item() == pytest.approx(-4.595, abs=1e-3)
 
 
-def test_errors_are_clear(tmp_path):
+def test_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="no such directory"):
         Ours.from_pretrained(tmp_path / "missing")
     with pytest.raises(ModelLoadError, match="config.json"):
         Ours.from_pretrained(tmp_path)
-    with pytest.raises(ModelLoadError, match="Hub"):
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face Hub cache"):
         Ours.from_pretrained("nobody-has/this-model-id", local_files_only=True)
+    from mmgdino.modeling import weights
+
+    monkeypatch.setattr(weights, "hub_reachable", lambda: False)
+    with pytest.raises(ModelLoadError, match="no network, and it is not in the local cache"):
+        Ours.from_pretrained("nobody-has/this-model-id")
     from transformers import DeformableDetrConfig
 
     with pytest.raises(ValueError, match="model_type"):

@@ -4,7 +4,9 @@ load (the decoder's box heads are the detection heads; shared heads all read hea
 import math
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -89,6 +91,40 @@ def transformers_class(config):
     return getattr(transformers, names[config.model_type])
 
 
+def hub_reachable():
+    """Whether the Hub's host resolves: without a network the hub client retries for half a minute before it
+    gives up, so we ask DNS once instead."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def cache_first(load, where, *, local_files_only=None, **kwargs):
+    """load(where, local_files_only=..., **kwargs): a local directory as is; a hub id from the local cache when it
+    is there (no network needed), else from the Hub. Raises ModelLoadError with one clear line."""
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if Path(where).is_dir():
+        return load(where, **kwargs)
+    try:
+        return load(where, local_files_only=True, **kwargs)
+    except Exception as cached_exc:
+        if local_files_only:
+            raise ModelLoadError(f"model {where!r} is not in the local Hugging Face Hub cache (offline mode: HF_HUB_OFFLINE or local_files_only)") from cached_exc
+    if not hub_reachable():
+        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: no network, and it is "
+                             "not in the local cache")
+    try:
+        return load(where, **kwargs)
+    except Exception as exc:  # the hub client raises many types; the user needs one clear line
+        text = str(exc).strip()
+        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: "
+                             f"{text.splitlines()[0] if text else type(exc).__name__}") from exc
+
+
 def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
     """Read the checkpoint through transformers (its hub client, key conversions and tying), then move the weights
     into our model; transformers' copy is dropped."""
@@ -98,20 +134,16 @@ def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None
     if not path.is_dir() and (path.exists() or str(name_or_path).startswith((".", "/", "~"))
                               or str(name_or_path).count("/") > 1):
         raise ModelLoadError(f"model {str(name_or_path)!r}: no such directory")
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     where = str(path) if path.is_dir() else str(name_or_path)
-    kwargs = dict(revision=revision, local_files_only=bool(local_files_only))
     try:
-        config = AutoConfig.from_pretrained(where, **kwargs)
-    except Exception as exc:  # the hub client raises many types; the user needs one clear line
-        text = str(exc)
-        if path.is_dir():
-            raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
-        offline = any(w in text.lower() for w in ("offline", "connect", "resolve", "local_files_only", "cache"))
-        hint = "no network, and it is not in the local cache" if offline else (text.splitlines()[0] if text else "")
-        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: {hint}") from exc
-    reference = transformers_class(config).from_pretrained(where, dtype=dtype or torch.float32, **kwargs)
+        config = cache_first(AutoConfig.from_pretrained, where, local_files_only=local_files_only, revision=revision)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip()
+        raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
+    reference = cache_first(transformers_class(config).from_pretrained, where, local_files_only=local_files_only,
+                            revision=revision, dtype=dtype or torch.float32)
     model = cls(reference.config)
     load_state_dict(model, reference.state_dict())
     del reference
