@@ -79,7 +79,14 @@ def register_ms_deform_attn_autograd(op_name, backward_op):
 
     def backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
-        grad_value, grad_locations, grad_weights = backward_op(
+        # The GPU and Triton kernels scatter grad_value with atomics (the CPU kernel writes disjoint slices); under
+        # torch.use_deterministic_algorithms (not warn-only) their gradients come from the deterministic gather
+        # formulation instead: slower, the same bits every run.
+        atomic = value.device.type != "cpu" or backward_op is not torch.ops.mmgdino.ms_deform_attn_backward
+        deterministic = (atomic and torch.are_deterministic_algorithms_enabled()
+                         and not torch.is_deterministic_algorithms_warn_only_enabled())
+        grads_of = _torch_impl.ms_deform_attn_backward_deterministic if deterministic else backward_op
+        grad_value, grad_locations, grad_weights = grads_of(
             grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
         return grad_value, None, None, grad_locations, grad_weights
