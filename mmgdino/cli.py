@@ -36,11 +36,10 @@ def _bench(args):
                            peers=args.peer or (), log=lambda m: print(m, file=sys.stderr, flush=True),
                            end_to_end=not args.ops_only, ops_cases=not args.model_only)
     print(bench.markdown_table(report))
-    if args.out:
-        json_path, md_path = bench.write_report(report, args.out)
-        print(f"wrote {json_path} and {md_path}")
+    json_path, md_path = bench.write_report(report, args.out)
+    print(f"wrote {json_path} and {md_path}")
     if args.plot:
-        print(f"wrote {bench.plot_report(report, args.out or 'mmgdino-bench')}")
+        print(f"wrote {bench.plot_report(report, args.out)}")
     return 0
 
 
@@ -164,7 +163,9 @@ def main(argv=None):
     bench.add_argument("--ops-only", action="store_true", help="skip the end-to-end model comparison")
     bench.add_argument("--plot", action="store_true", help="also draw a PNG chart of the speedups (needs matplotlib)")
     bench.add_argument("--model-only", action="store_true", help="only the end-to-end model comparison")
-    bench.add_argument("--out", default=None, help="write JSON and a markdown table at this path (suffixes replaced)")
+    bench.add_argument("--out", default="mmgdino-bench-results",
+                       help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
+                            "(default: ./mmgdino-bench-results.*)")
     bench.set_defaults(fn=_bench)
     args = parser.parse_args(argv)
     return args.fn(args)
