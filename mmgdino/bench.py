@@ -142,7 +142,6 @@ def copy_bandwidth_gbs(device, nbytes=1 << 30):
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     ms = median_ms(lambda: dst.copy_(src), device, 10)
-    del src, dst
     return 2 * nbytes / ms / 1e6
 
 
@@ -194,6 +193,13 @@ def load_peer(spec):
 # ------------------------------------------------------------------ suites
 
 
+def _skip_failed_peer(name, what, exc):
+    """A peer that lacks a dtype or shape is reported and skipped; our own backends' failures propagate."""
+    if not name.startswith("peer:"):
+        raise exc
+    print(f"{name} skipped ({what}): {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+
+
 def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backward):
     inputs = msda_inputs(case, batch, dtype, device)
     value, shapes, starts, loc, attn = inputs
@@ -211,10 +217,8 @@ def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backwa
             with torch.no_grad():
                 out = fn(*inputs)
                 ms = median_ms(lambda: fn(*inputs), device, repeats)
-        except Exception as exc:  # a peer that lacks this dtype or shape is reported, not fatal
-            if not name.startswith("peer:"):
-                raise
-            print(f"{name} skipped for {case} {dname}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        except Exception as exc:
+            _skip_failed_peer(name, f"forward {case} {dname}", exc)
             runners.pop(name)
             continue
         rows.append(Row("ms_deform_attn", "forward", case, batch, dname, name, ms, "transformers", base_ms,
@@ -241,9 +245,7 @@ def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backwa
         try:
             grads, ms = backward_timer(fn)
         except Exception as exc:
-            if not name.startswith("peer:"):
-                raise
-            print(f"{name} backward skipped for {case} {dname}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            _skip_failed_peer(name, f"backward {case} {dname}", exc)
             continue
         err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
         rows.append(Row("ms_deform_attn", "backward", case, batch, dname, name, ms, "transformers autograd", base_ms,
@@ -335,13 +337,13 @@ def run_end_to_end(device=None, repeats=3, log=print, batches=None, dtypes=None,
         log(f"end to end: MM Grounding DINO tiny, {height}x{width}, batch {batch}")
         with torch.no_grad():
             reference, base_peak = _peak_mb(device, lambda: model(**inputs))
-            base_ms = median_ms(lambda: model(**inputs), device, repeats)
+            base_ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)  # the call above warmed up
             rows.append(Row("model", "forward", case, batch, "float32", "transformers eager", base_ms,
                             "transformers eager", base_ms, 1.0, 0.0, peak_mb=base_peak))
             patch(model)
             try:
                 patched, peak = _peak_mb(device, lambda: model(**inputs))
-                ms = median_ms(lambda: model(**inputs), device, repeats)
+                ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)
             finally:
                 unpatch(model)
             err, swapped = _compare(patched, reference)
@@ -354,7 +356,7 @@ def run_end_to_end(device=None, repeats=3, log=print, batches=None, dtypes=None,
                 ours = ours.to(dtype)
                 cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
                 out, peak = _peak_mb(device, lambda: ours(**cast))
-                ms = median_ms(lambda: ours(**cast), device, repeats)
+                ms = median_ms(lambda: ours(**cast), device, repeats, warmup=0)
                 err, swapped = _compare(out, reference)
                 log(f"  mmgdino model {dtype}: {swapped} proposals swapped at the top-k boundary")
                 rows.append(Row("model", "forward", case, batch, str(dtype).replace("torch.", ""), "mmgdino model", ms,

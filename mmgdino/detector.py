@@ -77,7 +77,8 @@ class Detector:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device, self.dtype = device, dtype
-        self._prompt_cache = {}
+        self._prompt_cache = {}  # token ids -> encoded prompt
+        self._chunk_cache = {}  # labels -> prompt_chunks(labels): the CLI calls detect once per batch
 
     # ------------------------------------------------------------------ prompts
 
@@ -130,7 +131,10 @@ class Detector:
             labels = [labels]
         if not labels:
             raise ValueError("labels is empty: name at least one thing to detect")
-        chunks = self.prompt_chunks(list(labels))
+        key = tuple(labels)
+        if key not in self._chunk_cache:
+            self._chunk_cache = {key: self.prompt_chunks(list(labels))}  # one vocabulary at a time is the usual case
+        chunks = self._chunk_cache[key]
         results = []
         for start in range(0, len(images), batch_size):
             pil = [load_image(im) for im in images[start:start + batch_size]]

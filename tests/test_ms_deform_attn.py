@@ -1,11 +1,9 @@
-import math
-
 import pytest
 import torch
 
 import mmgdino
 from mmgdino import ops
-from helpers import backend_params, opcheck_kwargs, TOLERANCE, level_table, msda_inputs, msda_reference, rel_err
+from helpers import backend_params, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
 
 BACKENDS = backend_params("ms_deform_attn")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -237,7 +237,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         encoded once."""
         if unused.get("labels") is not None:
             raise NotImplementedError("mmgdino's model is for inference; train with transformers' model")
-        core, config = self.model, self.config
+        core = self.model
         if prompt_features is None:
             prompt_features = self.encode_prompt(input_ids, token_type_ids, attention_mask)
         if image_features is None:

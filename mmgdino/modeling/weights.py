@@ -1,50 +1,25 @@
-"""Checkpoints: transformers' state-dict keys in, the same keys out, with transformers' weight tying applied on
-load (the decoder's box heads are the detection heads; shared heads all read head 0)."""
+"""Checkpoints: read and written through transformers' own model classes (hub client, key conversions, weight
+tying), the weights moved to and from ours by their identical state-dict keys; plus random initialization."""
 
 import math
 import os
-import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-# Keys transformers itself drops on load: buffers it recomputes, and a Swin norm the backbone does not use.
-_IGNORED = re.compile(r"relative_position_index|swin\.layernorm\.")
-
-
 class ModelLoadError(RuntimeError):
     """A model could not be found or read (bad path, unknown hub id, no network); the message says which."""
 
 
-def canonical_key(key, config):
-    """The key whose value transformers copies into `key` when it ties weights (the key itself if untied)."""
-    for alias, source in (("model.decoder.bbox_embed.", "bbox_embed."), ("model.decoder.class_embed.", "class_embed.")):
-        if key.startswith(alias):
-            key = source + key[len(alias):]
-    if getattr(config, "decoder_bbox_embed_share", False):
-        key = re.sub(r"^bbox_embed\.\d+\.", "bbox_embed.0.", key)
-    if config.model_type == "mm-grounding-dino" and getattr(config, "decoder_cls_embed_share", False):
-        key = re.sub(r"^class_embed\.\d+\.", "class_embed.0.", key)
-    return key
-
-
 def load_state_dict(model, state):
-    """Load a transformers-keyed state dict; raise ModelLoadError naming missing keys."""
-    ours = model.state_dict()
-    chosen, missing = {}, []
-    for key in ours:
-        source = canonical_key(key, model.config)
-        if source in state:
-            chosen[key] = state[source]
-        elif key in state:
-            chosen[key] = state[key]
-        elif not _IGNORED.search(key):
-            missing.append(key)
-    if missing:
-        raise ModelLoadError(f"checkpoint lacks {len(missing)} weights of this architecture, e.g. {missing[:5]}")
-    model.load_state_dict(chosen, strict=False)
+    """Load the state dict of a live transformers model: the same keys, its weight tying already applied (the
+    shared heads arrive with equal values, and our shared heads are one module)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"weights do not fit this architecture: {str(exc).splitlines()[0]}") from exc
     return model
 
 
