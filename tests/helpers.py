@@ -5,6 +5,8 @@ import torch
 from mmgdino.ops import _torch_impl
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# Gradients of half inputs: the location gradient differences nearby corners, so rounding weighs more.
+GRAD_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 
 def rel_err(out, ref):
@@ -57,6 +59,23 @@ def msda_inputs(
     return value, spatial_shapes, level_start_index, loc, attn
 
 
+# Shapes every ms_deform_attn backend is checked on (msda_inputs keywords).
+MSDA_CASES = {
+    "default": {},
+    "one_level_1x1": dict(shapes=((1, 1),), points=2),
+    "five_levels": dict(shapes=((9, 7), (5, 4), (3, 2), (2, 2), (1, 1)), points=4),
+    "eight_points": dict(points=8, heads=3),
+    "one_point": dict(points=1),
+    "odd_head_dim": dict(head_dim=5, heads=3),
+    "head_dim_33": dict(head_dim=33),
+    "head_dim_32": dict(head_dim=32, heads=4),
+    "batch_3": dict(batch=3, queries=4),
+    "zero_queries": dict(queries=0),
+    "non_contiguous": dict(contiguous=False, head_dim=16),
+    "far_outside": dict(spread=4.0),
+}
+
+
 def msda_reference(value, spatial_shapes, level_start_index, loc, attn):
     """float64 output on the inputs exactly as given (already rounded to their dtype)."""
     return _torch_impl.ms_deform_attn(value.double(), spatial_shapes, level_start_index, loc.double(), attn.double())
@@ -69,6 +88,17 @@ def contrastive_inputs(batch=2, rows=7, tokens=5, dim=16, dtype=torch.float32, d
     if tokens > 0:
         mask[:, 0] = True
     return vision, text, mask
+
+
+# Shapes every contrastive backend is checked on (contrastive_inputs keywords).
+CONTRASTIVE_SHAPES = {
+    "default": dict(),
+    "batch_3_odd_dim": dict(batch=3, dim=33, rows=11),
+    "one_token": dict(tokens=1),
+    "zero_rows": dict(rows=0),
+    "dim_256_tokens_16": dict(batch=1, rows=40, tokens=16, dim=256),
+    "tokens_100": dict(batch=2, rows=9, tokens=100, dim=24),  # several token tiles on every backend
+}
 
 
 def backend_params(op_name):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmgdino import ops
-from helpers import backend_params, opcheck_kwargs, TOLERANCE, contrastive_inputs, rel_err
+from helpers import CONTRASTIVE_SHAPES, backend_params, opcheck_kwargs, TOLERANCE, contrastive_inputs, rel_err
 
 BACKENDS = backend_params("contrastive_logits")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -25,14 +25,7 @@ def _finite_rel_err(out, ref):
     return rel_err(out[finite], ref[finite])
 
 
-SHAPES = {
-    "default": dict(),
-    "batch_3_odd_dim": dict(batch=3, dim=33, rows=11),
-    "one_token": dict(tokens=1),
-    "zero_rows": dict(rows=0),
-    "dim_256_tokens_16": dict(batch=1, rows=40, tokens=16, dim=256),
-    "tokens_100": dict(batch=2, rows=9, tokens=100, dim=24),  # several token tiles on every backend
-}
+SHAPES = CONTRASTIVE_SHAPES
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)

@@ -3,7 +3,7 @@ import torch
 
 import mmgdino
 from mmgdino import ops
-from helpers import backend_params, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
+from helpers import GRAD_TOLERANCE, MSDA_CASES, backend_params, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
 
 BACKENDS = backend_params("ms_deform_attn")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -13,20 +13,7 @@ def _run(backend, inputs):
     return ops.ms_deform_attn(*inputs, backend=backend)
 
 
-CASES = {
-    "default": {},
-    "one_level_1x1": dict(shapes=((1, 1),), points=2),
-    "five_levels": dict(shapes=((9, 7), (5, 4), (3, 2), (2, 2), (1, 1)), points=4),
-    "eight_points": dict(points=8, heads=3),
-    "one_point": dict(points=1),
-    "odd_head_dim": dict(head_dim=5, heads=3),
-    "head_dim_33": dict(head_dim=33),
-    "head_dim_32": dict(head_dim=32, heads=4),
-    "batch_3": dict(batch=3, queries=4),
-    "zero_queries": dict(queries=0),
-    "non_contiguous": dict(contiguous=False, head_dim=16),
-    "far_outside": dict(spread=4.0),
-}
+CASES = MSDA_CASES
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)
@@ -39,9 +26,6 @@ def test_forward_matches_float64_reference(backend_device, dtype, case):
     ref = msda_reference(*inputs)
     assert out.dtype == dtype and out.shape == ref.shape
     assert rel_err(out, ref) <= TOLERANCE[dtype]
-
-
-GRAD_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)

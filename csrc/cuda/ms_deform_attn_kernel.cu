@@ -207,11 +207,17 @@ int ceil_pow2(int64_t x) {
   return p;
 }
 
+// A grid-stride loop covers the items past the cap; 65535 * 8 blocks keep every SM busy on any current GPU. The
+// CPU emulator in tests/ lowers the cap so that small test shapes go around the loop too.
+#ifndef MMGDINO_CUDA_MAX_BLOCKS
+#define MMGDINO_CUDA_MAX_BLOCKS (65535 * 8)
+#endif
+
 int grid_size(int64_t items, int group) {
   const int64_t per_block = kThreads / group;
   const int64_t blocks = (items + per_block - 1) / per_block;
-  // A grid-stride loop covers the rest; 65535 * 8 blocks keep every SM busy on any current GPU.
-  return static_cast<int>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+  const int64_t cap = MMGDINO_CUDA_MAX_BLOCKS;
+  return static_cast<int>(blocks < cap ? (blocks > 0 ? blocks : 1) : cap);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -1,0 +1,177 @@
+"""Builds csrc/cuda/*.cu for the CPU SIMT emulator in tests/cuda_emulator/ and runs its launchers on torch tensors.
+
+The kernels compile unchanged except for the `kernel<<<grid, block, shared, stream>>>(args)` launches, which are
+rewritten into calls of the emulator's launch(). The build uses AddressSanitizer and UBSan, so an out-of-bounds
+access or undefined arithmetic fails the run. MMGDINO_CUDA_MAX_BLOCKS is lowered so that small test shapes
+already go around the grid-stride loops.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
+KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+MAX_BLOCKS = 5
+
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+class KernelError(RuntimeError):
+    """The emulated launch returned a CUDA error (bad configuration, or a rule of the SIMT model broken)."""
+
+
+def rewrite_launches(source):
+    return _LAUNCH.sub(r"::simt::launch(\1, \2, \3);", source)
+
+
+def _sources_digest():
+    h = hashlib.sha256()
+    for path in [*KERNELS, *sorted(EMULATOR.glob("*")), *sorted((ROOT / "csrc" / "include" / "mmgdino").glob("*"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def compiler():
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def build(cache_dir=None):
+    """Directory holding the emulator executables (simt_kernels: the launchers of csrc/cuda; simt_selftest: the
+    emulator's own checks), built once per source digest under cache_dir (default: the temp directory)."""
+    out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-{_sources_digest()}"
+    if (out / "simt_kernels").exists() and (out / "simt_selftest").exists():
+        return out
+    work = out / f"build.{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    units = {}
+    for cu in KERNELS:
+        source = cu.read_text()
+        rewritten = rewrite_launches(source)
+        if source.count("<<<") != rewritten.count("::simt::launch("):
+            raise RuntimeError(f"{cu.name}: could not rewrite every kernel launch")
+        units[cu.stem] = work / (cu.stem + ".cpp")
+        units[cu.stem].write_text(rewritten)
+    for name in ("simt", "driver", "selftest"):
+        units[name] = EMULATOR / f"{name}.cpp"
+    flags = [
+        "-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined", "-Wall", "-Wno-unknown-pragmas", f"-DMMGDINO_CUDA_MAX_BLOCKS={MAX_BLOCKS}",
+        f"-I{EMULATOR}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+    ]
+    cxx = compiler()
+    jobs = {name: subprocess.Popen([cxx, *flags, "-c", str(src), "-o", str(work / f"{name}.o")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, src in units.items()}
+    for name, job in jobs.items():
+        log = job.communicate()[0]
+        if job.returncode != 0:
+            raise RuntimeError(f"emulator build of {name} failed:\n{log[-8000:]}")
+    links = {"simt_kernels": ["simt", "driver", *(cu.stem for cu in KERNELS)], "simt_selftest": ["simt", "selftest"]}
+    for exe, parts in links.items():
+        subprocess.run([cxx, *flags, *(str(work / f"{p}.o") for p in parts), "-o", str(work / exe)], check=True)
+    for exe in links:
+        (work / exe).replace(out / exe)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _write(path, tensor):
+    t = tensor.detach().contiguous().cpu()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.view(torch.int16)
+    t.numpy().tofile(path)
+
+
+def _read(path, dtype, shape):
+    import numpy as np
+
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(raw).view(dtype).reshape(shape).clone()
+
+
+_SANITIZER_ENV = dict(ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
+
+
+def selftest(exe, case):
+    """(return code, stdout, stderr) of one emulator self-test case."""
+    proc = subprocess.run([str(exe / "simt_selftest"), case], capture_output=True, text=True,
+                          env=dict(os.environ, **_SANITIZER_ENV))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _run(exe, op, args, inputs, outputs):
+    with tempfile.TemporaryDirectory() as d:
+        lines = [f"op {op}"] + [f"{k} {v}" for k, v in args.items()]
+        Path(d, "args.txt").write_text("\n".join(lines) + "\n")
+        for name, t in inputs.items():
+            _write(Path(d, name + ".bin"), t)
+        env = dict(os.environ, **_SANITIZER_ENV)
+        proc = subprocess.run([str(exe / "simt_kernels"), d], capture_output=True, text=True, env=env)
+        if proc.returncode == 3:
+            raise KernelError(proc.stdout.strip())
+        if proc.returncode != 0:
+            raise AssertionError(f"emulated kernel failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}")
+        return {name: _read(Path(d, name + ".bin"), dtype, shape) for name, (dtype, shape) in outputs.items()}
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _msda_args(value, spatial_shapes, sampling_locations, misalign):
+    batch, num_values, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    return dict(
+        dtype=_DTYPE_NAMES[value.dtype], batch=batch, num_values=num_values, num_heads=heads, head_dim=head_dim,
+        num_queries=queries, num_levels=levels, num_points=points, misalign=int(misalign),
+    )
+
+
+def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False):
+    args = _msda_args(value, spatial_shapes, sampling_locations, misalign)
+    batch, _, heads, head_dim = value.shape
+    queries = sampling_locations.shape[1]
+    inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                  sampling_locations=sampling_locations, attention_weights=attention_weights)
+    out = _run(exe, "ms_deform_attn_forward", args, inputs, {"output": (value.dtype, (batch, queries, heads * head_dim))})
+    return out["output"]
+
+
+def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, misalign=False):
+    """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights)."""
+    args = _msda_args(value, spatial_shapes, sampling_locations, misalign)
+    inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                  sampling_locations=sampling_locations, attention_weights=attention_weights, grad_output=grad_output)
+    outputs = {
+        "grad_value": (_acc_dtype(value.dtype), value.shape),
+        "grad_sampling_locations": (value.dtype, sampling_locations.shape),
+        "grad_attention_weights": (value.dtype, attention_weights.shape),
+    }
+    out = _run(exe, "ms_deform_attn_backward", args, inputs, outputs)
+    return out["grad_value"], out["grad_sampling_locations"], out["grad_attention_weights"]
+
+
+def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, reduce_max=False):
+    batch, rows, dim = vision.shape
+    tokens = text.shape[1]
+    acc = _acc_dtype(vision.dtype)
+    args = dict(dtype=_DTYPE_NAMES[vision.dtype], batch=batch, num_rows=rows, num_tokens=tokens, dim=dim,
+                max_text_len=max_text_len, scale=repr(float(scale)))
+    inputs = dict(vision=vision, text=text, text_token_mask=text_token_mask.to(torch.bool),
+                  bias=torch.tensor(bias, dtype=acc))
+    shape = (batch, rows) if reduce_max else (batch, rows, max_text_len)
+    op = "contrastive_max" if reduce_max else "contrastive_logits"
+    return _run(exe, op, args, inputs, {"output": (acc, shape)})["output"]
