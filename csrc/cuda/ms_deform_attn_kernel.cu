@@ -8,7 +8,8 @@
 //
 // Backward: the same mapping; per corner the lane's partial dot <value, grad_output> is reduced across the
 // group with shuffles (no atomics for grad_location / grad_attention: one group owns each point), and
-// grad_value is scattered with float32 atomics into a float32 buffer (never a half/bfloat16 CAS loop).
+// grad_value is scattered with float32 atomics into a float32 buffer (never a half/bfloat16 CAS loop), 16 bytes
+// per atomic on sm_90.
 //
 // Bad level tables cannot read outside value: every corner row is bounds-checked against num_values.
 #include <cuda_bf16.h>
@@ -44,8 +45,30 @@ __device__ __forceinline__ A group_sum(A x) {
   return x;
 }
 
-__device__ __forceinline__ void atomic_accumulate(float* p, float x) { atomicAdd(p, x); }
-__device__ __forceinline__ void atomic_accumulate(double* p, double x) { atomicAdd(p, x); }
+// Adds n consecutive accumulators. Hopper (sm_90) has 16-byte vector atomics: one float4 atomic instead of four
+// scalar ones cuts the atomic transactions of grad_value by four. p is 16-byte aligned whenever the caller's
+// chunk is a whole packet (the launcher only picks kVec > 1 for aligned buffers and head_dim % kVec == 0).
+template <int kCount>
+__device__ __forceinline__ void atomic_accumulate(float* p, const float (&x)[kCount]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kCount % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < kCount; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(x[i], x[i + 1], x[i + 2], x[i + 3]));
+    }
+  } else
+#endif
+  {
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) atomicAdd(p + i, x[i]);
+  }
+}
+
+template <int kCount>
+__device__ __forceinline__ void atomic_accumulate(double* p, const double (&x)[kCount]) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) atomicAdd(p + i, x[i]);
+}
 
 template <typename T, int kVec, int kGroup>
 __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs a) {
@@ -174,11 +197,13 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
               if (chunk >= chunks) break;
               const int64_t offset = taps.row[k] * row_stride + chunk * kVec;
               const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + offset);
+              A contribution[kVec];
 #pragma unroll
               for (int i = 0; i < kVec; ++i) {
                 partial += to_acc(v.v[i]) * g[c][i];
-                atomic_accumulate(grad_value_bh + offset + i, w * g[c][i]);
+                contribution[i] = w * g[c][i];
               }
+              atomic_accumulate<kVec>(grad_value_bh + offset, contribution);
             }
           }
           corner_dot[k] = group_sum<kGroup>(partial);

@@ -81,10 +81,22 @@ T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
 
 inline void __syncthreads() { simt::sync_block(); }
 
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
 // One OS thread runs every fiber, so a plain read-modify-write is atomic here.
 inline float atomicAdd(float* p, float x) {
   const float old = *p;
   *p = old + x;
+  return old;
+}
+// sm_90's 16-byte vector atomic (atomic per element); the address must be 16-byte aligned, as on the GPU.
+inline float4 atomicAdd(float4* p, float4 x) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) __builtin_trap();
+  const float4 old = *p;
+  *p = {old.x + x.x, old.y + x.y, old.z + x.z, old.w + x.w};
   return old;
 }
 inline double atomicAdd(double* p, double x) {
