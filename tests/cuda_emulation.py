@@ -131,7 +131,7 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _msda_args(value, spatial_shapes, sampling_locations, misalign):
+def _msda_args(value, sampling_locations, misalign):
     batch, num_values, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     return dict(
@@ -141,7 +141,7 @@ def _msda_args(value, spatial_shapes, sampling_locations, misalign):
 
 
 def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False):
-    args = _msda_args(value, spatial_shapes, sampling_locations, misalign)
+    args = _msda_args(value, sampling_locations, misalign)
     batch, _, heads, head_dim = value.shape
     queries = sampling_locations.shape[1]
     inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
@@ -153,7 +153,7 @@ def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locat
 def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
                             attention_weights, misalign=False):
     """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights)."""
-    args = _msda_args(value, spatial_shapes, sampling_locations, misalign)
+    args = _msda_args(value, sampling_locations, misalign)
     inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
                   sampling_locations=sampling_locations, attention_weights=attention_weights, grad_output=grad_output)
     outputs = {
