@@ -131,17 +131,25 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _msda_args(value, sampling_locations, misalign):
+def _msda_args(value, sampling_locations, misalign, window):
     batch, num_values, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    return dict(
+    args = dict(
         dtype=_DTYPE_NAMES[value.dtype], batch=batch, num_values=num_values, num_heads=heads, head_dim=head_dim,
         num_queries=queries, num_levels=levels, num_points=points, misalign=int(misalign),
     )
+    if window is not None:
+        # value holds rows [start, start + len) of a batch-1 value with num_values rows, the rest zeros.
+        start, args["num_values"] = window
+        assert batch == 1 and 0 <= start and start + num_values <= args["num_values"]
+        args.update(window_start=start, window_rows=num_values)
+    return args
 
 
-def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False):
-    args = _msda_args(value, sampling_locations, misalign)
+def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False,
+                   window=None):
+    """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value."""
+    args = _msda_args(value, sampling_locations, misalign, window)
     batch, _, heads, head_dim = value.shape
     queries = sampling_locations.shape[1]
     inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
@@ -151,9 +159,10 @@ def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locat
 
 
 def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights, misalign=False):
-    """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights)."""
-    args = _msda_args(value, sampling_locations, misalign)
+                            attention_weights, misalign=False, window=None):
+    """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights); with a window,
+    grad_value covers the window's rows only."""
+    args = _msda_args(value, sampling_locations, misalign, window)
     inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
                   sampling_locations=sampling_locations, attention_weights=attention_weights, grad_output=grad_output)
     outputs = {

@@ -129,6 +129,37 @@ def test_grid_stride_loops_cover_every_item(simt, head_dim, heads, queries):
     _check_backward(simt, inputs, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_offsets_past_2_31_elements(simt, dtype):
+    """A 3000 x 3000 level with one 256-channel head: value has 2.3e9 elements, so row * row_stride passes 2**31
+    in the bottom rows (the original op's int32 overflow). value is lazily mapped zero pages except the bottom 16
+    image rows, where every point samples; the reference sees just those rows (level start shifted, so rows
+    outside the window are zero padding, as the zero pages are)."""
+    size, head_dim, window_lines = 3000, 256, 16
+    start = (size - window_lines) * size
+    assert (size * size - 1) * head_dim > 2**31
+    value = torch.randn(1, window_lines * size, 1, head_dim).to(dtype)
+    shapes = torch.tensor([[size, size]])
+    queries, points = 6, 4
+    loc = torch.rand(1, queries, 1, 1, points, 2)
+    loc[..., 1] = 1 - loc[..., 1] * (window_lines - 2) / size  # rows within the window (and a few past the edge)
+    # Multiples of 1/2048 (then rounded to dtype): loc * 3000 is exact in float32, so the float64 reference sees
+    # the pixel coordinates the kernel computes (a float32 product would be off by ~1e-4 pixels at this size).
+    loc = ((loc * 2048).round() / 2048).to(dtype)
+    attn = torch.rand(1, queries, 1, 1, points).to(dtype)
+    window = (start, size * size)
+    local = (value, shapes, torch.tensor([-start]), loc, attn)
+    out = emu.ms_deform_attn(simt, value, shapes, torch.tensor([0]), loc, attn, window=window)
+    ref = msda_reference(*local)
+    assert ref.abs().sum() > 0
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+    grad_out = torch.randn_like(out)
+    got = emu.ms_deform_attn_backward(simt, grad_out, value, shapes, torch.tensor([0]), loc, attn, window=window)
+    want = _grads_reference(grad_out, *local)
+    for name, g, r in zip(("value", "sampling_locations", "attention_weights"), got, want):
+        assert rel_err(g, r) <= GRAD_TOLERANCE[dtype], name
+
+
 def test_nan_and_inf_locations_sample_nothing(simt):
     value, shapes, starts, loc, attn = msda_inputs(border_fraction=0.0)
     loc[0, 0, 0, 0, 0, 0] = float("nan")

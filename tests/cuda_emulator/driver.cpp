@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <map>
 #include <string>
@@ -18,6 +19,11 @@ using mmgdino::cuda::DType;
 
 std::map<std::string, std::string> g_args;
 std::string g_dir;
+
+int64_t optional_arg(const std::string& key, int64_t fallback) {
+  auto it = g_args.find(key);
+  return it == g_args.end() ? fallback : atoll(it->second.c_str());
+}
 
 int64_t arg(const std::string& key) {
   auto it = g_args.find(key);
@@ -57,6 +63,16 @@ void* read_input(const std::string& name, size_t bytes, size_t misalign_bytes) {
   }
   fclose(f);
   return p;
+}
+
+// A huge zero-filled buffer whose pages exist only once touched: value and grad_value of the int64-offset cases.
+char* reserve_zeros(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    fprintf(stderr, "cannot reserve %zu bytes\n", bytes);
+    exit(2);
+  }
+  return static_cast<char*>(p);
 }
 
 void write_output(const std::string& name, const void* p, size_t bytes) {
@@ -99,7 +115,21 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   const size_t values = a.batch * a.num_values * a.num_heads * a.head_dim;
   const size_t points = a.batch * a.num_queries * a.num_heads * a.num_levels * a.num_points;
   const size_t outputs = a.batch * a.num_queries * a.num_heads * a.head_dim;
-  a.value = read_input("value", values * elem, shift);
+  // window_rows > 0: value (batch 1) is mostly zeros and only rows [window_start, window_start + window_rows) are
+  // given, so that offsets past 2**31 elements can be tested without gigabytes of input; grad_value likewise
+  // comes back for the window only.
+  const int64_t window_start = optional_arg("window_start", 0);
+  const int64_t window_rows = optional_arg("window_rows", 0);
+  const size_t row_elems = a.num_heads * a.head_dim;
+  const size_t window_offset = window_start * row_elems;
+  const size_t window_elems = window_rows * row_elems;
+  if (window_rows > 0) {
+    char* value = reserve_zeros(values * elem);
+    memcpy(value + window_offset * elem, read_input("value", window_elems * elem, 0), window_elems * elem);
+    a.value = value;
+  } else {
+    a.value = read_input("value", values * elem, shift);
+  }
   a.spatial_shapes = static_cast<const int64_t*>(read_input("spatial_shapes", 2 * a.num_levels * 8, 0));
   a.level_start_index = static_cast<const int64_t*>(read_input("level_start_index", a.num_levels * 8, 0));
   a.sampling_locations = read_input("sampling_locations", 2 * points * elem, 0);
@@ -114,12 +144,18 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   mmgdino::cuda::MsdaBackwardArgs args;
   args.fwd = a;
   args.grad_output = read_input("grad_output", outputs * elem, shift);
-  args.grad_value_acc = allocate(values * acc_elem, arg("misalign") * acc_elem, 0);
+  char* grad_value = window_rows > 0 ? reserve_zeros(values * acc_elem)
+                                     : static_cast<char*>(allocate(values * acc_elem, arg("misalign") * acc_elem, 0));
+  args.grad_value_acc = grad_value;
   args.grad_sampling_locations = allocate(2 * points * elem, 0, 0xff);
   args.grad_attention_weights = allocate(points * elem, 0, 0xff);
   const int status = finish(mmgdino::cuda::ms_deform_attn_backward(args, nullptr));
   if (status == 0) {
-    write_output("grad_value", args.grad_value_acc, values * acc_elem);
+    if (window_rows > 0) {
+      write_output("grad_value", grad_value + window_offset * acc_elem, window_elems * acc_elem);
+    } else {
+      write_output("grad_value", grad_value, values * acc_elem);
+    }
     write_output("grad_sampling_locations", args.grad_sampling_locations, 2 * points * elem);
     write_output("grad_attention_weights", args.grad_attention_weights, points * elem);
   }
