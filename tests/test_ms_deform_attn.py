@@ -3,7 +3,7 @@ import torch
 
 import mmgdino
 from mmgdino import ops
-from helpers import GRAD_TOLERANCE, MSDA_CASES, backend_params, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
+from helpers import GRAD_TOLERANCE, MSDA_CASES, backend_params, level_table, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
 
 BACKENDS = backend_params("ms_deform_attn")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -88,6 +88,28 @@ def test_matches_transformers_module(backend_device, dtype):
     theirs = _transformers_msda()(value, shapes, [tuple(s) for s in shapes.tolist()], starts, loc, attn, 64)
     ours = ops.ms_deform_attn(value, shapes, starts, loc, attn, backend=backend)
     assert rel_err(ours, theirs) <= TOLERANCE[dtype] * 10
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in ops.available_backends("ms_deform_attn", "cpu")])
+def test_offsets_past_2_31_elements_on_the_cpu(backend):
+    """A 3000 x 3000 level of one 256-channel head: value has 2.3e9 elements, past int32 offsets in the bottom
+    rows. torch.empty leaves the pages untouched until written, so only the bottom 16 image rows, where every
+    point samples, cost memory. (The GPU version is in test_cuda.py; the CUDA kernels' in test_cuda_emulated.py.)"""
+    size, head_dim, lines = 3000, 256, 16
+    shapes, starts, num_values = level_table(((size, size),))
+    value = torch.empty(1, num_values, 1, head_dim, dtype=torch.bfloat16)
+    assert value.numel() > 2**31
+    start = (size - lines) * size
+    window = torch.randn(1, lines * size, 1, head_dim).to(torch.bfloat16)
+    value[:, start:] = window
+    loc = torch.rand(1, 6, 1, 1, 4, 2)
+    loc[..., 1] = 1 - loc[..., 1] * (lines - 2) / size  # every corner inside the window or off the map
+    loc = loc.to(torch.bfloat16)
+    attn = torch.rand(1, 6, 1, 1, 4).to(torch.bfloat16)
+    out = ops.ms_deform_attn(value, shapes, starts, loc, attn, backend=backend)
+    # The reference sees the window alone, its level start shifted so that rows before it are zero padding.
+    ref = msda_reference(window, shapes, starts - start, loc, attn)
+    assert rel_err(out, ref) <= TOLERANCE[torch.bfloat16]
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)
