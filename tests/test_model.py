@@ -164,6 +164,38 @@ def test_compiles():
     assert_same_detections(compiled, reference)
 
 
+def test_exports_with_a_dynamic_batch_and_reloads_in_a_fresh_process(tmp_path):
+    """torch.export keeps mmgdino's operators as operators (their fake kernels give the shapes); a fresh process
+    that imports mmgdino loads and runs the program. return_dict=False: transformers' output classes cannot be
+    deserialized by torch.export.load."""
+    import subprocess
+    import sys
+
+    model = Ours.from_transformers(mb.mm_grounding_dino(encoder_layers=1, decoder_layers=2)).eval()
+    inputs = mb.grounding_inputs()
+    batch = torch.export.Dim("batch", min=1, max=16)
+    dynamic = {name: {0: batch} for name in inputs} | {"return_dict": None}
+    with torch.no_grad():
+        program = torch.export.export(model, (), dict(inputs, return_dict=False), dynamic_shapes=dynamic)
+        expected = [model(**{k: v[:n] for k, v in inputs.items()}) for n in (2, 1)]
+    graph = str(program.graph)
+    assert "mmgdino.ms_deform_attn" in graph and "mmgdino.contrastive_max" in graph
+    torch.export.save(program, tmp_path / "model.pt2")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = f"""
+import torch, mmgdino
+program = torch.export.load({str(tmp_path / "model.pt2")!r}).module()
+inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+with torch.no_grad():
+    outs = [program(**{{k: v[:n] for k, v in inputs.items()}}, return_dict=False)[:2] for n in (2, 1)]
+torch.save(outs, {str(tmp_path / "outs.pt")!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)
+    for (logits, boxes), want in zip(torch.load(tmp_path / "outs.pt"), expected):
+        torch.testing.assert_close(logits, want.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(boxes, want.pred_boxes, atol=1e-5, rtol=1e-5)
+
+
 def test_routes_deformable_attention_and_logits_to_mmgdino_ops(monkeypatch):
     from mmgdino import ops
 
