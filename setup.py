@@ -3,7 +3,8 @@
 Switches (environment variables):
   MMGDINO_FORCE_CPU=1      build the C++ CPU kernels only, even where CUDA could be built
   MMGDINO_FORCE_CUDA=1     fail unless the CUDA kernels are built (e.g. in a GPU-less build container)
-  TORCH_CUDA_ARCH_LIST     CUDA architectures; default "8.0;8.6;8.9;9.0+PTX"
+  TORCH_CUDA_ARCH_LIST     CUDA architectures; default "8.0;8.6;8.9;9.0+PTX" plus any GPU of the building machine
+                           that list would not run on (e.g. 7.5 for a T4)
   MAX_JOBS                 parallel compile jobs (ninja)
   MMGDINO_SKIP_EXTENSION=1 install the Python package only (every op then runs on its torch backend)
 
@@ -11,13 +12,24 @@ Build with `pip install --no-build-isolation .` so the extension matches the tor
 """
 
 import glob
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _load_cuda_arch():
+    # mmgdino/_cuda_arch.py is plain Python; importing the mmgdino package here would need the extension.
+    spec = importlib.util.spec_from_file_location("_mmgdino_cuda_arch", os.path.join(ROOT, "mmgdino", "_cuda_arch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_arch = _load_cuda_arch()
 
 
 def _flag(name):
@@ -58,9 +70,15 @@ def _extensions():
     extra = {"cxx": cxx_flags}
     define_macros = []
     if build_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ:
+            local = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch.with_local_gpus(cuda_arch.DEFAULT_ARCH_LIST, local)
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         define_macros.append(("MMGDINO_WITH_CUDA", None))
+        # Recorded in the binary for `mmgdino info` and for the "not built for this GPU" error; "_" separates
+        # the entries because ";" and quotes would not survive the shell of the ninja build.
+        arch_tokens = os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").strip(";").replace(";", "_")
+        define_macros.append(("MMGDINO_CUDA_ARCH_LIST", arch_tokens))
         extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
         ext_type = CUDAExtension
     else:

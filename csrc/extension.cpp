@@ -2,6 +2,8 @@
 // before importing this module; the translation units here only register kernels for dispatch keys.
 #include <Python.h>
 
+#include "mmgdino/build_info.h"
+
 namespace {
 
 #ifdef MMGDINO_WITH_CUDA
@@ -17,7 +19,8 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "mmgdino compiled kernels
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
-  if (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) < 0) {
+  if (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_arch_list", mmgdino::cuda_arch_list().c_str()) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -10,3 +10,5 @@ except ImportError as exc:  # an unbuilt checkout or a Python-only install: torc
 
 has_cpu_kernels = _C is not None
 has_cuda_kernels = _C is not None and bool(getattr(_C, "with_cuda", 0))
+# The CUDA architectures the kernels were built for, in TORCH_CUDA_ARCH_LIST syntax ("" without CUDA kernels).
+cuda_arch_list = getattr(_C, "cuda_arch_list", "") if has_cuda_kernels else ""

@@ -20,6 +20,17 @@ def _info(args):
     print(f"  device       {bench.describe_device(torch.device(device))}")
     print(f"  extension    {'built' if _extension.has_cpu_kernels else 'not built'}"
           f"{' with CUDA' if _extension.has_cuda_kernels else ''}")
+    if _extension.has_cuda_kernels:
+        from mmgdino import _cuda_arch
+
+        fits = ""
+        if torch.cuda.is_available():
+            capability = torch.cuda.get_device_capability()
+            runs = _cuda_arch.runs_on(_extension.cuda_arch_list, capability)
+            fits = {True: f" (runs on this GPU, {capability[0]}.{capability[1]})", None: "",
+                    False: f" (NOT this GPU, {capability[0]}.{capability[1]}: rebuild with "
+                           f"TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]})"}[runs]
+        print(f"  CUDA archs   {_extension.cuda_arch_list}{fits}")
     for op in ops._backends.OPS:
         for kind in ("cpu", "cuda"):
             print(f"  {op:<20}{kind:<5} backends: {', '.join(ops.available_backends(op, kind))}")

@@ -5,6 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 import mmgdino
@@ -91,3 +92,42 @@ def test_version_and_public_api():
     for name in ("ms_deform_attn", "contrastive_logits", "contrastive_max", "available_backends"):
         assert callable(getattr(mmgdino.ops, name))
     assert torch.ops.mmgdino.ms_deform_attn.default is not None
+
+
+@pytest.mark.parametrize("arch_list,capability,runs", [
+    ("8.0;8.6;8.9;9.0+PTX", (8, 0), True),
+    ("8.0;8.6;8.9;9.0+PTX", (8, 7), True),  # an sm_80 cubin runs on any 8.x at or above 8.0
+    ("8.0;8.6;8.9;9.0+PTX", (12, 0), True),  # PTX is compiled for newer GPUs when loaded
+    ("8.0;8.6;8.9;9.0+PTX", (7, 5), False),  # a T4: "no kernel image is available"
+    ("8.6 9.0", (8, 0), False),
+    ("9.0a", (9, 0), True),
+    ("8.0", (9, 0), False),  # no PTX: a cubin never runs on another major version
+    ("Ampere", (8, 0), None),  # named lists are not second-guessed
+])
+def test_cuda_arch_list_runs_on(arch_list, capability, runs):
+    from mmgdino import _cuda_arch
+
+    assert _cuda_arch.runs_on(arch_list, capability) is runs
+
+
+def test_default_build_adds_the_local_gpus_it_would_not_run_on():
+    from mmgdino import _cuda_arch
+
+    default = _cuda_arch.DEFAULT_ARCH_LIST
+    assert _cuda_arch.with_local_gpus(default, []) == default
+    assert _cuda_arch.with_local_gpus(default, [(9, 0), (8, 6)]) == default
+    assert _cuda_arch.with_local_gpus(default, [(7, 5), (7, 5), (9, 0)]) == "7.5;" + default
+
+
+def test_extension_records_its_cuda_arch_list():
+    from mmgdino import _extension
+
+    if not _extension.has_cpu_kernels:
+        pytest.skip("extension not built")
+    assert isinstance(_extension._C.cuda_arch_list, str)
+    if _extension.has_cuda_kernels:
+        from mmgdino import _cuda_arch
+
+        assert _cuda_arch.parse(_extension.cuda_arch_list)
+    else:
+        assert _extension.cuda_arch_list == ""

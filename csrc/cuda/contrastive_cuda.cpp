@@ -6,6 +6,7 @@
 
 #include "mmgdino/checks.h"
 #include "mmgdino/cuda_launch.h"
+#include "launch_error.h"
 
 namespace mmgdino {
 
@@ -43,7 +44,7 @@ at::Tensor run(const at::Tensor& vision, const at::Tensor& text, const at::Tenso
   a.max_text_len = reduce_max ? 0 : max_text_len;
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const cudaError_t err = reduce_max ? cuda::contrastive_max(a, stream) : cuda::contrastive_logits(a, stream);
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+  check_launch(err, op);
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include "mmgdino/checks.h"
 #include "mmgdino/msda_buffers.h"
 #include "mmgdino/cuda_launch.h"
+#include "launch_error.h"
 
 namespace mmgdino {
 
@@ -56,7 +57,7 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
   auto args = forward_args(in, d);
   args.output = output.mutable_data_ptr();
   const cudaError_t err = cuda::ms_deform_attn_forward(args, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn: CUDA launch failed: ", cudaGetErrorString(err));
+  check_launch(err, "mmgdino.ms_deform_attn");
   return output;
 }
 
@@ -90,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const cudaError_t err = cuda::ms_deform_attn_backward(args, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK_VALUE(err != cudaErrorInvalidValue, "mmgdino.ms_deform_attn_backward: head_dim ", d.head_dim,
                       " is wider than the CUDA backward supports");
-    TORCH_CHECK(err == cudaSuccess, "mmgdino.ms_deform_attn_backward: CUDA launch failed: ", cudaGetErrorString(err));
+    check_launch(err, "mmgdino.ms_deform_attn_backward");
   }
   return grads.finish(value.scalar_type());
 }
