@@ -158,10 +158,11 @@ class FusionLayer(nn.Module):
         return torch.addcmul(vision, self.vision_param, delta_vision), torch.addcmul(text, self.text_param, delta_text)
 
 
-def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=4096):
-    """norm(x + fc2(act(fc1(x)))). On the CPU in row chunks: the (rows, ffn_dim) intermediate stays in cache
-    instead of being a fresh multi-hundred-megabyte buffer per layer (page faults and DRAM traffic); a GPU
-    prefers the one large product."""
+def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024):
+    """norm(x + fc2(act(fc1(x)))). On the CPU in row chunks: the (rows, ffn_dim) intermediate (8 MB for 1024 x
+    2048) stays in the last-level cache instead of being a fresh multi-hundred-megabyte buffer per layer (page
+    faults and DRAM traffic): about 10% faster than 4096-row chunks, which were no faster than none (encoder FFN
+    at 800x1333 on a 2-core EPYC, 32 MB L3). A GPU prefers the one large product."""
     flat = x.reshape(-1, x.shape[-1])
     if flat.shape[0] <= chunk_rows or x.device.type != "cpu" or torch.compiler.is_compiling():
         return norm(x + fc2(activation(fc1(x))))
