@@ -20,6 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+# The ATen side of the CUDA backend: checks, allocation, argument packing, error mapping, registration.
+GLUE = [ROOT / "csrc" / "checks.cpp", *sorted((ROOT / "csrc" / "cuda").glob("*.cpp")),
+        *sorted((ROOT / "csrc" / "cuda").glob("*.h"))]
 MAX_BLOCKS = 5
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
@@ -36,7 +39,9 @@ def rewrite_launches(source):
 
 def _sources_digest():
     h = hashlib.sha256()
-    for path in [*KERNELS, *sorted(EMULATOR.glob("*")), *sorted((ROOT / "csrc" / "include" / "mmgdino").glob("*"))]:
+    files = [*KERNELS, *GLUE, *sorted(p for p in EMULATOR.rglob("*") if p.is_file()),
+             *sorted((ROOT / "csrc" / "include" / "mmgdino").glob("*"))]
+    for path in files:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -44,6 +49,20 @@ def _sources_digest():
 
 def compiler():
     return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _kernel_units(work):
+    """{name: path} of csrc/cuda/*.cu rewritten for the emulator, as emulated sm_90 with a small grid cap."""
+    units = {}
+    for cu in KERNELS:
+        source = cu.read_text()
+        rewritten = rewrite_launches(source)
+        if source.count("<<<") != rewritten.count("::simt::launch("):
+            raise RuntimeError(f"{cu.name}: could not rewrite every kernel launch")
+        prelude = f"#define __CUDA_ARCH__ 900\n#define MMGDINO_CUDA_MAX_BLOCKS {MAX_BLOCKS}\n#line 1 \"{cu}\"\n"
+        units[cu.stem] = work / (cu.stem + ".cpp")
+        units[cu.stem].write_text(prelude + rewritten)
+    return units
 
 
 def build(cache_dir=None):
@@ -54,20 +73,13 @@ def build(cache_dir=None):
         return out
     work = out / f"build.{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    units = {}
-    for cu in KERNELS:
-        source = cu.read_text()
-        rewritten = rewrite_launches(source)
-        if source.count("<<<") != rewritten.count("::simt::launch("):
-            raise RuntimeError(f"{cu.name}: could not rewrite every kernel launch")
-        units[cu.stem] = work / (cu.stem + ".cpp")
-        units[cu.stem].write_text(rewritten)
+    units = _kernel_units(work)
     for name in ("simt", "driver", "selftest"):
         units[name] = EMULATOR / f"{name}.cpp"
     flags = [
         "-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-        "-fno-sanitize-recover=undefined", "-Wall", "-Wno-unknown-pragmas", f"-DMMGDINO_CUDA_MAX_BLOCKS={MAX_BLOCKS}",
-        "-D__CUDA_ARCH__=900", f"-I{EMULATOR}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+        "-fno-sanitize-recover=undefined", "-Wall", "-Wno-unknown-pragmas",
+        f"-I{EMULATOR}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
     ]
     cxx = compiler()
     jobs = {name: subprocess.Popen([cxx, *flags, "-c", str(src), "-o", str(work / f"{name}.o")],
@@ -84,6 +96,49 @@ def build(cache_dir=None):
         (work / exe).replace(out / exe)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def load_glue_extension(cache_dir=None):
+    """The CUDA glue (csrc/cuda/*_cuda.cpp, csrc/checks.cpp) built into a torch extension around the emulated
+    kernels, its C++ namespace renamed to mmgdino_simt and registered for the CPU dispatch key: the operators
+    torch.ops.mmgdino_simt.* take CPU tensors down the exact code path CUDA tensors take in a GPU build. The
+    schemas, fake kernels and autograd are mmgdino's own, registered here for the renamed operators."""
+    from torch.utils import cpp_extension
+
+    from mmgdino.ops import _library
+
+    if hasattr(torch.ops, "mmgdino_simt") and hasattr(torch.ops.mmgdino_simt, "ms_deform_attn"):
+        return torch.ops.mmgdino_simt
+    out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-glue-{_sources_digest()}"
+    out.mkdir(parents=True, exist_ok=True)
+    units = _kernel_units(out)
+    sources = [str(p) for p in GLUE if p.suffix == ".cpp"] + [str(p) for p in units.values()]
+    sources.append(str(EMULATOR / "simt.cpp"))
+    cpp_extension.load(
+        name="mmgdino_simt_glue", sources=sources, build_directory=str(out), is_python_module=False, verbose=False,
+        extra_include_paths=[str(EMULATOR / "torch_stubs"), str(EMULATOR), str(ROOT / "csrc" / "include"),
+                             str(ROOT / "csrc" / "cuda")],
+        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", "-DMMGDINO_WITH_CUDA", "-Dmmgdino=mmgdino_simt",
+                      "-DMMGDINO_CUDA_DISPATCH_KEY=CPU"],
+    )
+    global _GLUE_LIBRARY
+    _GLUE_LIBRARY = torch.library.Library("mmgdino_simt", "DEF")
+    for name in ("ms_deform_attn", "ms_deform_attn_backward", "contrastive_logits", "contrastive_max"):
+        schema = str(getattr(torch.ops.mmgdino, name).default._schema)
+        _GLUE_LIBRARY.define(schema.split("::", 1)[1])
+    fakes = {"ms_deform_attn": _library._ms_deform_attn_fake,
+             "ms_deform_attn_backward": _library._ms_deform_attn_backward_fake,
+             "contrastive_logits": _library._contrastive_logits_fake,
+             "contrastive_max": _library._contrastive_max_fake}
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"mmgdino_simt::{name}", fake, lib=_GLUE_LIBRARY)
+    _library.register_ms_deform_attn_autograd("mmgdino_simt::ms_deform_attn",
+                                              torch.ops.mmgdino_simt.ms_deform_attn_backward)
+    _library.register_contrastive_logits_autograd("mmgdino_simt::contrastive_logits")
+    return torch.ops.mmgdino_simt
+
+
+_GLUE_LIBRARY = None
 
 
 def _write(path, tensor):

@@ -1,4 +1,5 @@
-"""The CUDA kernels of csrc/cuda/*.cu, run unchanged on the CPU by the SIMT emulator in tests/cuda_emulator/.
+"""The CUDA backend of csrc/cuda/, run on the CPU: the kernels (*.cu) unchanged by the SIMT emulator in
+tests/cuda_emulator/, and the ATen glue (*_cuda.cpp) around them as a torch extension.
 
 CI has no GPU; this runs the kernels' own code (index math, group mapping, 16-byte vector and scalar paths,
 shuffles, shared-memory tiles, grid-stride loops) against the float64 reference, under AddressSanitizer, so a
@@ -12,8 +13,8 @@ import torch
 
 import cuda_emulation as emu
 from helpers import (
-    CONTRASTIVE_SHAPES, GRAD_TOLERANCE, MSDA_CASES, TOLERANCE, contrastive_inputs, msda_inputs, msda_reference,
-    rel_err,
+    CONTRASTIVE_SHAPES, GRAD_TOLERANCE, MSDA_BAD_INPUTS, MSDA_CASES, TOLERANCE, contrastive_inputs, msda_bad_args,
+    msda_inputs, msda_reference, rel_err,
 )
 from mmgdino.ops import _torch_impl
 
@@ -236,3 +237,107 @@ def test_contrastive_logits_and_max_match_float64_reference(simt, dtype, shape, 
         assert (out[~finite] == float("-inf")).all()
         if finite.any():
             assert rel_err(out[finite], want[finite]) <= TOLERANCE[dtype]
+
+
+# ---------------------------------------------------------------- through the ATen glue
+# csrc/cuda/*_cuda.cpp and csrc/checks.cpp around the emulated kernels, as torch.ops.mmgdino_simt.* on the CPU key:
+# the checks, contiguity, allocation, argument packing and error mapping a GPU build runs, with mmgdino's own
+# schemas, fake kernels and autograd.
+
+
+@pytest.fixture(scope="session")
+def glue():
+    return emu.load_glue_extension()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["default", "non_contiguous", "odd_head_dim"])
+def test_glue_forward_and_autograd_match_float64_reference(glue, dtype, case):
+    value, shapes, starts, loc, attn = msda_inputs(dtype=dtype, border_fraction=0.0, **MSDA_CASES[case])
+    leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
+    out = glue.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
+    assert out.dtype == dtype
+    assert rel_err(out, msda_reference(value, shapes, starts, loc, attn)) <= TOLERANCE[dtype]
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = _grads_reference(grad_out, value, shapes, starts, loc, attn)
+    for name, g, r in zip(("value", "sampling_locations", "attention_weights"), got, want):
+        assert g.dtype == dtype, name  # grad_value accumulated in float32 and converted back
+        assert rel_err(g, r) <= GRAD_TOLERANCE[dtype], name
+
+
+def test_glue_gradcheck_float64(glue):
+    value, shapes, starts, loc, attn = msda_inputs(
+        shapes=((4, 5), (2, 3), (1, 1)), queries=3, heads=2, head_dim=3, points=2, dtype=torch.float64,
+        border_fraction=0.0,
+    )
+    inputs = tuple(t.requires_grad_(True) for t in (value, loc, attn))
+    assert torch.autograd.gradcheck(lambda v, l, a: glue.ms_deform_attn(v, shapes, starts, l, a), inputs,
+                                   eps=1e-6, atol=1e-6)
+
+
+def test_glue_opcheck(glue):
+    value, shapes, starts, loc, attn = msda_inputs(dtype=torch.float64, queries=4, border_fraction=0.0)
+    args = (value.requires_grad_(True), shapes, starts, loc.requires_grad_(True), attn.requires_grad_(True))
+    torch.library.opcheck(glue.ms_deform_attn.default, args)
+    grad = torch.randn(2, 4, 16, dtype=torch.float64)
+    torch.library.opcheck(glue.ms_deform_attn_backward.default, (grad, *(a.detach() for a in args)))
+    vision, text, mask = contrastive_inputs(rows=40, tokens=7, dim=24)
+    bias = torch.tensor(-1.5)
+    torch.library.opcheck(glue.contrastive_logits.default, (vision.requires_grad_(True), text, mask, bias, 0.2, 16))
+    torch.library.opcheck(glue.contrastive_max.default, (vision.detach(), text, mask, bias, 0.2))
+
+
+@pytest.mark.parametrize("case", list(MSDA_BAD_INPUTS))
+def test_glue_bad_input_raises_clear_error(glue, case):
+    change, error, words = MSDA_BAD_INPUTS[case]
+    args = msda_bad_args()
+    args.update(change(args))
+    if case.startswith("level_"):
+        # On a GPU the level table lives on the device; the glue does not read it (a host sync) and the kernels
+        # guard every row instead, so these run and sample zeros where the table points outside value.
+        assert torch.isfinite(glue.ms_deform_attn(**args)).all()
+        return
+    with pytest.raises((error, RuntimeError), match=words):
+        glue.ms_deform_attn(**args)
+
+
+def test_glue_backward_names_a_head_too_wide(glue):
+    value, shapes, starts, loc, attn = msda_inputs(head_dim=516, heads=1, queries=2, batch=1)
+    with pytest.raises(ValueError, match="head_dim 516 is wider than the CUDA backward supports"):
+        glue.ms_deform_attn_backward(torch.randn(1, 2, 516), value, shapes, starts, loc, attn)
+
+
+def test_glue_backward_is_flagged_nondeterministic(glue):
+    value, shapes, starts, loc, attn = msda_inputs(queries=4, border_fraction=0.0)
+    grad = torch.randn(2, 4, 16)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match=r"ms_deform_attn_backward \(CUDA\)"):
+            glue.ms_deform_attn_backward(grad, value, shapes, starts, loc, attn)
+        # Autograd switches the atomic backends to the deterministic gather formulation instead.
+        leaves = [t.requires_grad_(True) for t in (value, loc, attn)]
+        out = glue.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
+        first = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+        second = torch.autograd.grad(out, leaves, grad)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_glue_contrastive_matches_reference_and_checks_arguments(glue, dtype):
+    vision, text, mask = contrastive_inputs(dtype=dtype, rows=37, tokens=9, dim=40)
+    bias = torch.tensor(-2.0, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    ref = _contrastive_reference(vision, text, mask, -2.0, 0.125, 20)
+    logits = glue.contrastive_logits(vision, text, mask, bias, 0.125, 20)
+    best = glue.contrastive_max(vision, text, mask, bias, 0.125)
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(logits), finite)
+    assert rel_err(logits[finite], ref[finite]) <= TOLERANCE[dtype]
+    assert rel_err(best, ref.amax(-1)) <= TOLERANCE[dtype]
+    with pytest.raises(ValueError, match=r"max_text_len \(5\) must be at least num_tokens \(9\)"):
+        glue.contrastive_logits(vision, text, mask, bias, 0.125, 5)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        glue.contrastive_max(vision, text, mask, bias, -1.0)

@@ -3,7 +3,7 @@ import torch
 
 import mmgdino
 from mmgdino import ops
-from helpers import GRAD_TOLERANCE, MSDA_CASES, backend_params, level_table, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
+from helpers import GRAD_TOLERANCE, MSDA_BAD_INPUTS, MSDA_CASES, msda_bad_args, backend_params, level_table, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
 
 BACKENDS = backend_params("ms_deform_attn")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -153,31 +153,8 @@ def test_default_backend_on_cpu_is_the_best_available():
 # ---------------------------------------------------------------- bad input
 
 
-def _bad(**changes):
-    value, shapes, starts, loc, attn = msda_inputs()
-    args = dict(value=value, spatial_shapes=shapes, level_start_index=starts, sampling_locations=loc, attention_weights=attn)
-    args.update(changes)
-    return args
-
-
-BAD_INPUTS = {
-    "value_rank": (lambda a: dict(value=a["value"].flatten(2)), ValueError, "value must have shape"),
-    "shapes_rank": (lambda a: dict(spatial_shapes=a["spatial_shapes"].flatten()), ValueError, "spatial_shapes must have shape"),
-    "shapes_dtype": (lambda a: dict(spatial_shapes=a["spatial_shapes"].int()), TypeError, "spatial_shapes must be int64"),
-    "starts_len": (lambda a: dict(level_start_index=a["level_start_index"][:2]), ValueError, "level_start_index must have shape"),
-    "loc_heads": (lambda a: dict(sampling_locations=a["sampling_locations"][:, :, :1]), ValueError, "sampling_locations must have shape"),
-    "loc_last_dim": (lambda a: dict(sampling_locations=a["sampling_locations"][..., :1]), ValueError, "sampling_locations must have shape"),
-    "attn_points": (lambda a: dict(attention_weights=a["attention_weights"][..., :1]), ValueError, "attention_weights must have shape"),
-    "attn_dtype": (lambda a: dict(attention_weights=a["attention_weights"].double()), TypeError, "share one dtype"),
-    "value_int": (lambda a: dict(value=a["value"].long()), TypeError, "value must be float64"),
-    "level_too_big": (
-        lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[2, 1], [1, 1], [1, 1]])),
-        ValueError,
-        "num_values",
-    ),
-    "level_start_past_end": (lambda a: dict(level_start_index=a["level_start_index"] + 50), ValueError, "num_values"),
-    "level_empty": (lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[1, 1], [0, 1], [1, 1]])), ValueError, "positive"),
-}
+BAD_INPUTS = MSDA_BAD_INPUTS
+_bad = msda_bad_args
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)

@@ -60,7 +60,7 @@ at::Tensor contrastive_max_cuda(const at::Tensor& vision, const at::Tensor& text
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmgdino, CUDA, m) {
+TORCH_LIBRARY_IMPL(mmgdino, MMGDINO_CUDA_DISPATCH_KEY, m) {
   m.impl("contrastive_logits", &contrastive_logits_cuda);
   m.impl("contrastive_max", &contrastive_max_cuda);
 }

@@ -7,6 +7,11 @@
 
 #include "mmgdino/build_info.h"
 
+// The tests build this glue against a CPU emulation of the kernels (tests/cuda_emulation.py) for the CPU key.
+#ifndef MMGDINO_CUDA_DISPATCH_KEY
+#define MMGDINO_CUDA_DISPATCH_KEY CUDA
+#endif
+
 namespace mmgdino {
 
 inline void check_launch(cudaError_t err, const char* op) {

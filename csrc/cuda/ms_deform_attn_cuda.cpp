@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmgdino, CUDA, m) {
+TORCH_LIBRARY_IMPL(mmgdino, MMGDINO_CUDA_DISPATCH_KEY, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_cuda);
   m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
 }
