@@ -16,6 +16,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "mmgdino/cuda_launch.h"
 #include "numeric.cuh"
 #include "mmgdino/sampling.h"
@@ -45,13 +47,13 @@ __device__ __forceinline__ A group_sum(A x) {
   return x;
 }
 
-// Adds n consecutive accumulators. Hopper (sm_90) has 16-byte vector atomics: one float4 atomic instead of four
-// scalar ones cuts the atomic transactions of grad_value by four. p is 16-byte aligned whenever the caller's
+// Adds kCount consecutive accumulators. Hopper (sm_90) has 16-byte vector atomics: one float4 atomic instead of
+// four scalar ones cuts the atomic transactions of grad_value by four. p is 16-byte aligned whenever the caller's
 // chunk is a whole packet (the launcher only picks kVec > 1 for aligned buffers and head_dim % kVec == 0).
-template <int kCount>
-__device__ __forceinline__ void atomic_accumulate(float* p, const float (&x)[kCount]) {
+template <typename A, int kCount>
+__device__ __forceinline__ void atomic_accumulate(A* p, const A (&x)[kCount]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (kCount % 4 == 0) {
+  if constexpr (std::is_same_v<A, float> && kCount % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < kCount; i += 4) {
       atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(x[i], x[i + 1], x[i + 2], x[i + 3]));
@@ -62,12 +64,6 @@ __device__ __forceinline__ void atomic_accumulate(float* p, const float (&x)[kCo
 #pragma unroll
     for (int i = 0; i < kCount; ++i) atomicAdd(p + i, x[i]);
   }
-}
-
-template <int kCount>
-__device__ __forceinline__ void atomic_accumulate(double* p, const double (&x)[kCount]) {
-#pragma unroll
-  for (int i = 0; i < kCount; ++i) atomicAdd(p + i, x[i]);
 }
 
 template <typename T, int kVec, int kGroup>
@@ -203,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
                 partial += to_acc(v.v[i]) * g[c][i];
                 contribution[i] = w * g[c][i];
               }
-              atomic_accumulate<kVec>(grad_value_bh + offset, contribution);
+              atomic_accumulate(grad_value_bh + offset, contribution);
             }
           }
           corner_dot[k] = group_sum<kGroup>(partial);

@@ -37,7 +37,6 @@ int64_t arg(const std::string& key) {
 struct Buffer {
   char* base = nullptr;  // the allocation
   char* data = nullptr;  // base + misalignment
-  size_t bytes = 0;
 };
 
 std::vector<Buffer> g_buffers;
@@ -45,7 +44,6 @@ std::vector<Buffer> g_buffers;
 // misalign_bytes shifts the data off the allocation's 16-byte alignment (the kernels' scalar path).
 void* allocate(size_t bytes, size_t misalign_bytes, int fill) {
   Buffer b;
-  b.bytes = bytes;
   const size_t total = bytes + misalign_bytes;
   b.base = static_cast<char*>(malloc(total > 0 ? total : 1));  // malloc(0) may return null
   b.data = b.base + misalign_bytes;

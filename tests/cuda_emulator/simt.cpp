@@ -150,6 +150,54 @@ void sync_block() {
   wait_at(b.block_barrier, b.threads);
 }
 
+namespace {
+
+// Runs the fibers of the current block round-robin until all are done; false on an error (kept in g_error).
+bool run_block(Block& b) {
+  const int warps = (b.threads + kWarp - 1) / kWarp;
+  b.warp_barrier.assign(warps, Barrier{});
+  b.warp_exited.assign(warps, 0);
+  b.slots.assign(static_cast<size_t>(warps) * kWarp, 0);
+  b.block_barrier = Barrier{};
+  b.exited = 0;
+  for (Fiber& f : b.fibers) {
+    f.done = false;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.data();
+    f.context.uc_stack.ss_size = f.stack.size();
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  // A full pass without progress is a deadlock.
+  for (int live = b.threads; live > 0;) {
+    b.progress = false;
+    live = 0;
+    for (int t = 0; t < b.threads; ++t) {
+      Fiber& f = b.fibers[t];
+      if (f.done) continue;
+      b.current = t;
+      set_thread_index(t);
+#ifdef SIMT_ASAN
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, f.stack.data(), f.stack.size());
+#endif
+      swapcontext(&b.scheduler, &f.context);
+#ifdef SIMT_ASAN
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+      if (g_error != cudaSuccess) return false;
+      if (!f.done) ++live;
+    }
+    if (live > 0 && !b.progress) {
+      fail("deadlock: some threads wait at a barrier the others never reach");
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* context) {
   if (g_error != cudaSuccess) return;
   const int threads = static_cast<int>(block.x * block.y * block.z);
@@ -165,58 +213,14 @@ void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* context) {
   b.threads = threads;
   b.fibers.resize(threads);
   for (Fiber& f : b.fibers) f.stack.resize(kStackBytes);
-  const int warps = (threads + kWarp - 1) / kWarp;
   b.body = body;
   b.context = context;
   g_block = &b;
-  for (unsigned bz = 0; bz < grid.z; ++bz) {
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
-        b.warp_barrier.assign(warps, Barrier{});
-        b.warp_exited.assign(warps, 0);
-        b.slots.assign(static_cast<size_t>(warps) * kWarp, 0);
-        b.block_barrier = Barrier{};
-        b.exited = 0;
-        for (int t = 0; t < threads; ++t) {
-          Fiber& f = b.fibers[t];
-          f.done = false;
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.data();
-          f.context.uc_stack.ss_size = f.stack.size();
-          f.context.uc_link = &b.scheduler;
-          makecontext(&f.context, fiber_main, 0);
-        }
-        // Round-robin until every fiber is done; a full pass without progress is a deadlock.
-        for (int live = threads; live > 0;) {
-          b.progress = false;
-          live = 0;
-          for (int t = 0; t < threads; ++t) {
-            Fiber& f = b.fibers[t];
-            if (f.done) continue;
-            b.current = t;
-            set_thread_index(t);
-#ifdef SIMT_ASAN
-            void* fake = nullptr;
-            __sanitizer_start_switch_fiber(&fake, f.stack.data(), f.stack.size());
-#endif
-            swapcontext(&b.scheduler, &f.context);
-#ifdef SIMT_ASAN
-            __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
-            if (g_error != cudaSuccess) break;
-            if (!f.done) ++live;
-          }
-          if (g_error != cudaSuccess) break;
-          if (live > 0 && !b.progress) fail("deadlock: some threads wait at a barrier the others never reach");
-          if (g_error != cudaSuccess) break;
-        }
-        if (g_error != cudaSuccess) {
-          g_block = nullptr;
-          return;
-        }
-      }
-    }
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    blockIdx = {static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
+                static_cast<unsigned>(i / (static_cast<uint64_t>(grid.x) * grid.y))};
+    if (!run_block(b)) break;
   }
   g_block = nullptr;
 }
