@@ -19,6 +19,8 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# One C++ standard for the extension, CI's nvcc compile check (.ci/run) and the emulated builds (tests/).
+CXX_STANDARD = "-std=c++20"
 
 
 def _load_cuda_arch():
@@ -65,7 +67,7 @@ def _extensions():
     build_cuda, reason = _choose_cuda(torch, CUDA_HOME)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]
+    cxx_flags = ["-O3", CXX_STANDARD, "-fopenmp", "-Wno-psabi"]
     # -fopenmp matters: ATen's parallel_for is a header template that parallelizes only under _OPENMP.
     extra = {"cxx": cxx_flags}
     define_macros = []
@@ -79,7 +81,7 @@ def _extensions():
         # the entries because ";" and quotes would not survive the shell of the ninja build.
         arch_tokens = os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").strip(";").replace(";", "_")
         define_macros.append(("MMGDINO_CUDA_ARCH_LIST", arch_tokens))
-        extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", CXX_STANDARD, "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
         ext_type = CUDAExtension
     else:
         ext_type = CppExtension
@@ -107,7 +109,7 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=["mmgdino", "mmgdino.ops", "mmgdino.modeling", "mmgdino.kernels"],
+    packages=["mmgdino", "mmgdino.ops", "mmgdino.modeling", "mmgdino.bench", "mmgdino.kernels"],
     # The Triton sources sit in top-level kernels/ but install only as mmgdino.kernels: a top-level package
     # named `kernels` would shadow Hugging Face's hub-kernel library, which transformers probes for.
     package_dir={"mmgdino": "mmgdino", "mmgdino.kernels": "kernels"},

@@ -20,8 +20,8 @@ void check_floating(const at::Tensor& t, const char* op, const char* name) {
 
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
                        const char* ref_name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name,
-                    " is on ", ref.device(), "; all arguments must be on one device");
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device(), "; all arguments must be on one device");
 }
 
 }  // namespace
@@ -57,21 +57,24 @@ MsdaDims check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& sp
   d.num_points = sampling_locations.size(4);
   TORCH_CHECK_VALUE(sampling_locations.size(0) == d.batch && sampling_locations.size(2) == d.num_heads &&
                         sampling_locations.size(3) == d.num_levels && sampling_locations.size(5) == 2,
-                    op, ": sampling_locations must have shape (batch, num_queries, num_heads, num_levels, "
-                        "num_points, 2) = (", d.batch, ", num_queries, ", d.num_heads, ", ", d.num_levels,
-                    ", num_points, 2), got ", shape_str(sampling_locations));
+                    op,
+                    ": sampling_locations must have shape (batch, num_queries, num_heads, num_levels, "
+                    "num_points, 2) = (",
+                    d.batch, ", num_queries, ", d.num_heads, ", ", d.num_levels, ", num_points, 2), got ",
+                    shape_str(sampling_locations));
   TORCH_CHECK_VALUE(attention_weights.dim() == 5 && attention_weights.size(0) == d.batch &&
                         attention_weights.size(1) == d.num_queries && attention_weights.size(2) == d.num_heads &&
                         attention_weights.size(3) == d.num_levels && attention_weights.size(4) == d.num_points,
-                    op, ": attention_weights must have shape (batch, num_queries, num_heads, num_levels, "
-                        "num_points) = (", d.batch, ", ", d.num_queries, ", ", d.num_heads, ", ", d.num_levels,
-                    ", ", d.num_points, "), got ", shape_str(attention_weights));
+                    op,
+                    ": attention_weights must have shape (batch, num_queries, num_heads, num_levels, "
+                    "num_points) = (",
+                    d.batch, ", ", d.num_queries, ", ", d.num_heads, ", ", d.num_levels, ", ", d.num_points, "), got ",
+                    shape_str(attention_weights));
   check_floating(value, op, "value");
-  TORCH_CHECK_TYPE(sampling_locations.scalar_type() == value.scalar_type() &&
-                       attention_weights.scalar_type() == value.scalar_type(),
-                   op, ": value, sampling_locations and attention_weights must share one dtype, got ",
-                   value.scalar_type(), ", ", sampling_locations.scalar_type(), ", ",
-                   attention_weights.scalar_type());
+  TORCH_CHECK_TYPE(
+      sampling_locations.scalar_type() == value.scalar_type() && attention_weights.scalar_type() == value.scalar_type(),
+      op, ": value, sampling_locations and attention_weights must share one dtype, got ", value.scalar_type(), ", ",
+      sampling_locations.scalar_type(), ", ", attention_weights.scalar_type());
   check_same_device(spatial_shapes, value, op, "spatial_shapes", "value");
   check_same_device(level_start_index, value, op, "level_start_index", "value");
   check_same_device(sampling_locations, value, op, "sampling_locations", "value");
@@ -81,12 +84,12 @@ MsdaDims check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& sp
 
 void check_ms_deform_attn_grad(const at::Tensor& grad_output, const at::Tensor& value, const MsdaDims& d) {
   constexpr const char* op = "mmgdino.ms_deform_attn_backward";
-  TORCH_CHECK_VALUE(grad_output.dim() == 3 && grad_output.size(0) == d.batch &&
-                        grad_output.size(1) == d.num_queries && grad_output.size(2) == d.num_heads * d.head_dim,
-                    op, ": grad_output must have shape (batch, num_queries, num_heads * head_dim) = (", d.batch,
-                    ", ", d.num_queries, ", ", d.num_heads * d.head_dim, "), got ", shape_str(grad_output));
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == value.scalar_type(), op, ": grad_output must be ",
-                   value.scalar_type(), " like value, got ", grad_output.scalar_type());
+  TORCH_CHECK_VALUE(grad_output.dim() == 3 && grad_output.size(0) == d.batch && grad_output.size(1) == d.num_queries &&
+                        grad_output.size(2) == d.num_heads * d.head_dim,
+                    op, ": grad_output must have shape (batch, num_queries, num_heads * head_dim) = (", d.batch, ", ",
+                    d.num_queries, ", ", d.num_heads * d.head_dim, "), got ", shape_str(grad_output));
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == value.scalar_type(), op, ": grad_output must be ", value.scalar_type(),
+                   " like value, got ", grad_output.scalar_type());
   check_same_device(grad_output, value, op, "grad_output", "value");
 }
 
@@ -102,8 +105,8 @@ void check_level_extents_on_host(const at::Tensor& spatial_shapes, const at::Ten
     const int64_t w = hw[2 * l + 1];
     TORCH_CHECK_VALUE(h >= 1 && w >= 1, op, ": spatial_shapes[", l, "] = (", h, ", ", w,
                       ") must hold a positive (height, width)");
-    TORCH_CHECK_VALUE(start[l] >= 0 && start[l] + h * w <= num_values, op, ": level ", l, " spans rows [",
-                      start[l], ", ", start[l] + h * w, ") of value, which has num_values = ", num_values,
+    TORCH_CHECK_VALUE(start[l] >= 0 && start[l] + h * w <= num_values, op, ": level ", l, " spans rows [", start[l],
+                      ", ", start[l] + h * w, ") of value, which has num_values = ", num_values,
                       " rows; spatial_shapes and level_start_index must fit inside value");
   }
 }
@@ -111,20 +114,19 @@ void check_level_extents_on_host(const at::Tensor& spatial_shapes, const at::Ten
 ContrastiveDims check_contrastive_args(const at::Tensor& vision, const at::Tensor& text,
                                        const at::Tensor& text_token_mask, const at::Tensor& bias) {
   constexpr const char* op = "mmgdino.contrastive_logits";
-  TORCH_CHECK_VALUE(vision.dim() == 3, op, ": vision must have shape (batch, num_rows, dim), got ",
-                    shape_str(vision));
+  TORCH_CHECK_VALUE(vision.dim() == 3, op, ": vision must have shape (batch, num_rows, dim), got ", shape_str(vision));
   ContrastiveDims d;
   d.batch = vision.size(0);
   d.num_rows = vision.size(1);
   d.dim = vision.size(2);
   TORCH_CHECK_VALUE(text.dim() == 3 && text.size(0) == d.batch && text.size(2) == d.dim, op,
-                    ": text must have shape (batch, num_tokens, dim) = (", d.batch, ", num_tokens, ", d.dim,
-                    "), got ", shape_str(text));
+                    ": text must have shape (batch, num_tokens, dim) = (", d.batch, ", num_tokens, ", d.dim, "), got ",
+                    shape_str(text));
   d.num_tokens = text.size(1);
-  TORCH_CHECK_VALUE(text_token_mask.dim() == 2 && text_token_mask.size(0) == d.batch &&
-                        text_token_mask.size(1) == d.num_tokens,
-                    op, ": text_token_mask must have shape (batch, num_tokens) = (", d.batch, ", ", d.num_tokens,
-                    "), got ", shape_str(text_token_mask));
+  TORCH_CHECK_VALUE(
+      text_token_mask.dim() == 2 && text_token_mask.size(0) == d.batch && text_token_mask.size(1) == d.num_tokens, op,
+      ": text_token_mask must have shape (batch, num_tokens) = (", d.batch, ", ", d.num_tokens, "), got ",
+      shape_str(text_token_mask));
   TORCH_CHECK_TYPE(text_token_mask.scalar_type() == at::kBool, op, ": text_token_mask must be bool, got ",
                    text_token_mask.scalar_type());
   TORCH_CHECK_VALUE(bias.dim() == 0, op, ": bias must be a 0-dim tensor, got shape ", shape_str(bias));

@@ -10,9 +10,24 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows, num_tokens, dim,
-              BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-              PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _dot_tile(
+    vision_ptr,
+    text_ptr,
+    b,
+    n_offs,
+    n_mask,
+    t_offs,
+    t_mask,
+    num_rows,
+    num_tokens,
+    dim,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=ACC)
     vision_rows = (b.to(tl.int64) * num_rows + n_offs) * dim
     text_rows = (b.to(tl.int64) * num_tokens + t_offs) * dim
@@ -30,10 +45,23 @@ def _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows,
 
 @triton.jit
 def _fwd_kernel(
-    vision_ptr, text_ptr, mask_ptr, bias_ptr, out_ptr, scale,
-    num_rows, num_tokens, dim, max_text_len,
-    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAD: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    vision_ptr,
+    text_ptr,
+    mask_ptr,
+    bias_ptr,
+    out_ptr,
+    scale,
+    num_rows,
+    num_tokens,
+    dim,
+    max_text_len,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
@@ -44,12 +72,31 @@ def _fwd_kernel(
     for t0 in range(0, num_tokens, BLOCK_T):
         t_offs = t0 + tl.arange(0, BLOCK_T)
         t_mask = t_offs < num_tokens
-        acc = _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows, num_tokens, dim,
-                        BLOCK_N, BLOCK_T, BLOCK_K, ACC, PRECISION, UPCAST)
+        acc = _dot_tile(
+            vision_ptr,
+            text_ptr,
+            b,
+            n_offs,
+            n_mask,
+            t_offs,
+            t_mask,
+            num_rows,
+            num_tokens,
+            dim,
+            BLOCK_N,
+            BLOCK_T,
+            BLOCK_K,
+            ACC,
+            PRECISION,
+            UPCAST,
+        )
         valid = tl.load(mask_ptr + b * num_tokens + t_offs, mask=t_mask, other=0) != 0
         logits = tl.where(valid[None, :], acc * scale + bias, float("-inf"))
-        tl.store(out_ptr + out_rows[:, None] + t_offs[None, :], logits.to(out_ptr.dtype.element_ty),
-                 mask=n_mask[:, None] & (t_offs < max_text_len)[None, :])
+        tl.store(
+            out_ptr + out_rows[:, None] + t_offs[None, :],
+            logits.to(out_ptr.dtype.element_ty),
+            mask=n_mask[:, None] & (t_offs < max_text_len)[None, :],
+        )
     # Padding past the last token block: constant -inf.
     pad_start = tl.cdiv(num_tokens, BLOCK_T) * BLOCK_T
     for c0 in range(pad_start, max_text_len, BLOCK_PAD):
@@ -60,10 +107,21 @@ def _fwd_kernel(
 
 @triton.jit
 def _max_kernel(
-    vision_ptr, text_ptr, mask_ptr, bias_ptr, out_ptr, scale,
-    num_rows, num_tokens, dim,
-    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    vision_ptr,
+    text_ptr,
+    mask_ptr,
+    bias_ptr,
+    out_ptr,
+    scale,
+    num_rows,
+    num_tokens,
+    dim,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
@@ -73,8 +131,24 @@ def _max_kernel(
     for t0 in range(0, num_tokens, BLOCK_T):
         t_offs = t0 + tl.arange(0, BLOCK_T)
         t_mask = t_offs < num_tokens
-        acc = _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows, num_tokens, dim,
-                        BLOCK_N, BLOCK_T, BLOCK_K, ACC, PRECISION, UPCAST)
+        acc = _dot_tile(
+            vision_ptr,
+            text_ptr,
+            b,
+            n_offs,
+            n_mask,
+            t_offs,
+            t_mask,
+            num_rows,
+            num_tokens,
+            dim,
+            BLOCK_N,
+            BLOCK_T,
+            BLOCK_K,
+            ACC,
+            PRECISION,
+            UPCAST,
+        )
         valid = tl.load(mask_ptr + b * num_tokens + t_offs, mask=t_mask, other=0) != 0
         best = tl.maximum(best, tl.max(tl.where(valid[None, :], acc, float("-inf")), axis=1))
     bias = tl.load(bias_ptr).to(ACC)

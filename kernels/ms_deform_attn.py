@@ -1,9 +1,10 @@
 """Triton multi-scale deformable attention, forward and backward.
 
-One program per (block of BLOCK_Q queries, batch * head): a [BLOCK_Q, BLOCK_D] tile of channels, looping over
-levels and points (run-time loops: unrolling all 16 points x 4 corners made ptxas take minutes), with the bilinear corners and weights computed once per point for the
-whole channel tile. Accumulation in float32 (float64 for float64 inputs). The backward recomputes the corners,
-reduces grad_attention / grad_location in registers and scatters grad_value with float32 atomics.
+One program per (block of BLOCK_Q queries, batch * head): a [BLOCK_Q, BLOCK_D] tile of channels, looping over levels
+and points (run-time loops: unrolling all 16 points x 4 corners made ptxas take minutes), with the bilinear corners
+and weights computed once per point for the whole channel tile. Accumulation in float32 (float64 for float64
+inputs). The backward recomputes the corners, reduces grad_attention / grad_location in registers and scatters
+grad_value with float32 atomics.
 """
 
 import triton
@@ -48,9 +49,20 @@ def _corner_valid(touches, h, w, height, width, start, num_values):
 
 @triton.jit
 def _fwd_kernel(
-    value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
-    num_queries, num_values, num_heads, head_dim,
-    NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    value_ptr,
+    shapes_ptr,
+    starts_ptr,
+    loc_ptr,
+    attn_ptr,
+    out_ptr,
+    num_queries,
+    num_values,
+    num_heads,
+    head_dim,
+    NUM_LEVELS: tl.constexpr,
+    NUM_POINTS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -72,9 +84,7 @@ def _fwd_kernel(
         start = tl.load(starts_ptr + level)
         for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
-            touches, h0, w0, lh, lw, attn = _point_setup(
-                loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC
-            )
+            touches, h0, w0, lh, lw, attn = _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC)
             for corner in tl.static_range(4):
                 dh = corner // 2
                 dw = corner % 2
@@ -89,10 +99,23 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_kernel(
-    grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr,
-    grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
-    num_queries, num_values, num_heads, head_dim,
-    NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    grad_out_ptr,
+    value_ptr,
+    shapes_ptr,
+    starts_ptr,
+    loc_ptr,
+    attn_ptr,
+    grad_value_ptr,
+    grad_loc_ptr,
+    grad_attn_ptr,
+    num_queries,
+    num_values,
+    num_heads,
+    head_dim,
+    NUM_LEVELS: tl.constexpr,
+    NUM_POINTS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -115,9 +138,7 @@ def _bwd_kernel(
         start = tl.load(starts_ptr + level)
         for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
-            touches, h0, w0, lh, lw, attn = _point_setup(
-                loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC
-            )
+            touches, h0, w0, lh, lw, attn = _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC)
             grad_attn = tl.zeros((BLOCK_Q,), dtype=ACC)
             grad_w = tl.zeros((BLOCK_Q,), dtype=ACC)  # d sample / d w_im, before the attention weight
             grad_h = tl.zeros((BLOCK_Q,), dtype=ACC)
@@ -136,7 +157,8 @@ def _bwd_kernel(
                 grad_h += (2 * dh - 1) * wx * dot
                 contribution = tl.where(ok, wy * wx * attn, 0.0)[:, None] * grad
                 tl.atomic_add(
-                    grad_value_ptr + offs, contribution.to(grad_value_ptr.dtype.element_ty),
+                    grad_value_ptr + offs,
+                    contribution.to(grad_value_ptr.dtype.element_ty),
                     mask=ok[:, None] & d_mask[None, :],
                 )
             grad_attn = tl.where(touches, grad_attn, 0.0)
@@ -154,30 +176,76 @@ def launch_config(num_queries, head_dim, interpret):
     return block_q, block_d, (4 if block_q * block_d >= 2048 else 2)
 
 
-def ms_deform_attn_fwd(wrap, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
-                       interpret=False):
+def ms_deform_attn_fwd(
+    wrap, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out, interpret=False
+):
     batch, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    num_queries, num_levels, num_points = (
+        sampling_locations.shape[1],
+        sampling_locations.shape[3],
+        sampling_locations.shape[4],
+    )
     block_q, block_d, warps = launch_config(num_queries, head_dim, interpret)
     grid = (triton.cdiv(num_queries, block_q), batch * num_heads)
     wrap(_fwd_kernel)[grid](
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
-        num_queries, num_values, num_heads, head_dim,
-        NUM_LEVELS=num_levels, NUM_POINTS=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32, num_warps=warps,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        out,
+        num_queries,
+        num_values,
+        num_heads,
+        head_dim,
+        NUM_LEVELS=num_levels,
+        NUM_POINTS=num_points,
+        BLOCK_Q=block_q,
+        BLOCK_D=block_d,
+        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32,
+        num_warps=warps,
     )
 
 
-def ms_deform_attn_bwd(wrap, grad_out, value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights, grad_value_acc, grad_loc, grad_attn, interpret=False):
+def ms_deform_attn_bwd(
+    wrap,
+    grad_out,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    grad_value_acc,
+    grad_loc,
+    grad_attn,
+    interpret=False,
+):
     batch, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    num_queries, num_levels, num_points = (
+        sampling_locations.shape[1],
+        sampling_locations.shape[3],
+        sampling_locations.shape[4],
+    )
     block_q, block_d, warps = launch_config(num_queries, head_dim, interpret)
     grid = (triton.cdiv(num_queries, block_q), batch * num_heads)
     wrap(_bwd_kernel)[grid](
-        grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        grad_value_acc, grad_loc, grad_attn,
-        num_queries, num_values, num_heads, head_dim,
-        NUM_LEVELS=num_levels, NUM_POINTS=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32, num_warps=warps,
+        grad_out,
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_value_acc,
+        grad_loc,
+        grad_attn,
+        num_queries,
+        num_values,
+        num_heads,
+        head_dim,
+        NUM_LEVELS=num_levels,
+        NUM_POINTS=num_points,
+        BLOCK_Q=block_q,
+        BLOCK_D=block_d,
+        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32,
+        num_warps=warps,
     )

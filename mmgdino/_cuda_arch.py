@@ -32,9 +32,7 @@ def runs_on(arch_list, capability):
     if entries is None:
         return None
     major, minor = capability
-    return any(
-        (m == major and n <= minor) or (ptx and (m, n) <= (major, minor)) for m, n, ptx in entries
-    )
+    return any((m == major and n <= minor) or (ptx and (m, n) <= (major, minor)) for m, n, ptx in entries)
 
 
 def with_local_gpus(arch_list, capabilities):

@@ -11,15 +11,17 @@ import torch
 
 def _info(args):
     import mmgdino
-    from mmgdino import _extension, bench, ops
+    from mmgdino import _extension, environment, ops
 
     print(f"mmgdino {mmgdino.__version__}")
-    for name, version in bench.versions().items():
+    for name, version in environment.versions().items():
         print(f"  {name:<13}{version}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"  device       {bench.describe_device(torch.device(device))}")
-    print(f"  extension    {'built' if _extension.has_cpu_kernels else 'not built'}"
-          f"{' with CUDA' if _extension.has_cuda_kernels else ''}")
+    print(f"  device       {environment.describe_device(torch.device(device))}")
+    print(
+        f"  extension    {'built' if _extension.has_cpu_kernels else 'not built'}"
+        f"{' with CUDA' if _extension.has_cuda_kernels else ''}"
+    )
     if _extension.has_cuda_kernels:
         from mmgdino import _cuda_arch
 
@@ -27,11 +29,14 @@ def _info(args):
         if torch.cuda.is_available():
             capability = torch.cuda.get_device_capability()
             runs = _cuda_arch.runs_on(_extension.cuda_arch_list, capability)
-            fits = {True: f" (runs on this GPU, {capability[0]}.{capability[1]})", None: "",
-                    False: f" (NOT this GPU, {capability[0]}.{capability[1]}: rebuild with "
-                           f"TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]})"}[runs]
+            fits = {
+                True: f" (runs on this GPU, {capability[0]}.{capability[1]})",
+                None: "",
+                False: f" (NOT this GPU, {capability[0]}.{capability[1]}: rebuild with "
+                f"TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]})",
+            }[runs]
         print(f"  CUDA archs   {_extension.cuda_arch_list}{fits}")
-    for op in ops._backends.OPS:
+    for op in ops.OPS:
         for kind in ("cpu", "cuda"):
             print(f"  {op:<20}{kind:<5} backends: {', '.join(ops.available_backends(op, kind))}")
     for backend, why in ops.unavailable_reasons().items():
@@ -43,9 +48,16 @@ def _bench(args):
     from mmgdino import bench
 
     dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else None
-    report = bench.run_ops(device=args.device, dtypes=dtypes, quick=args.quick, repeats=args.repeats,
-                           peers=args.peer or (), log=lambda m: print(m, file=sys.stderr, flush=True),
-                           end_to_end=not args.ops_only, ops_cases=not args.model_only)
+    report = bench.run_ops(
+        device=args.device,
+        dtypes=dtypes,
+        quick=args.quick,
+        repeats=args.repeats,
+        peers=args.peer or (),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        end_to_end=not args.ops_only,
+        ops_cases=not args.model_only,
+    )
     print(bench.markdown_table(report))
     json_path, md_path = bench.write_report(report, args.out)
     print(f"wrote {json_path} and {md_path}")
@@ -114,14 +126,17 @@ def _detect(args):
     try:
         from tqdm import tqdm
     except ImportError:
+
         def tqdm(x, **_):
             return x
-    progress = tqdm(range(0, len(todo), args.batch_size), desc="detect", unit="batch", disable=len(todo) < 2,
-                    file=sys.stderr)
+
+    progress = tqdm(
+        range(0, len(todo), args.batch_size), desc="detect", unit="batch", disable=len(todo) < 2, file=sys.stderr
+    )
     try:
         for start in progress:
             batch, images = [], []
-            for path in todo[start:start + args.batch_size]:
+            for path in todo[start : start + args.batch_size]:
                 try:
                     images.append(load_image(path))
                     batch.append(path)
@@ -130,8 +145,13 @@ def _detect(args):
                     print(f"mmgdino detect: {exc}", file=sys.stderr)
             if not images:
                 continue
-            results = detector.detect(images, args.labels, threshold=args.threshold,
-                                      text_threshold=args.text_threshold, batch_size=args.batch_size)
+            results = detector.detect(
+                images,
+                args.labels,
+                threshold=args.threshold,
+                text_threshold=args.text_threshold,
+                batch_size=args.batch_size,
+            )
             for path, image, detections in zip(batch, images, results):
                 # One line per detection; an image with none still gets a line, so a rerun skips it.
                 for det in detections or [{"label": None, "score": None, "box": None}]:
@@ -150,7 +170,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     detect = sub.add_parser("detect", help="detect labelled objects in images; JSON Lines out")
     detect.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
-    detect.add_argument("--labels", nargs="+", required=True, help='what to find, e.g. --labels "a cat" "a remote control"')
+    detect.add_argument(
+        "--labels", nargs="+", required=True, help='what to find, e.g. --labels "a cat" "a remote control"'
+    )
     detect.add_argument("--model", default=None, help="hub id or local directory (default: MM Grounding DINO tiny)")
     detect.add_argument("--threshold", type=float, default=0.3, help="box score threshold (default 0.3)")
     detect.add_argument("--text-threshold", type=float, default=0.25, help="label score threshold (default 0.25)")
@@ -164,19 +186,30 @@ def main(argv=None):
     info.set_defaults(fn=_info)
     bench = sub.add_parser("bench", help="benchmark every available backend against transformers' PyTorch code")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    bench.add_argument("--dtype", action="append", choices=["float32", "float16", "bfloat16"],
-                       help="repeatable; default float32 on CPU, all three on CUDA")
+    bench.add_argument(
+        "--dtype",
+        action="append",
+        choices=["float32", "float16", "bfloat16"],
+        help="repeatable; default float32 on CPU, all three on CUDA",
+    )
     bench.add_argument("--quick", action="store_true", help="batch 1 only, 2 repeats")
     bench.add_argument("--repeats", type=int, default=None)
-    bench.add_argument("--peer", action="append", metavar="MODULE:FUNCTION",
-                       help="add an importable peer MSDA implementation (value, spatial_shapes, level_start_index, "
-                            "sampling_locations, attention_weights) to the comparison")
+    bench.add_argument(
+        "--peer",
+        action="append",
+        metavar="MODULE:FUNCTION",
+        help="add an importable peer MSDA implementation (value, spatial_shapes, level_start_index, "
+        "sampling_locations, attention_weights) to the comparison",
+    )
     bench.add_argument("--ops-only", action="store_true", help="skip the end-to-end model comparison")
     bench.add_argument("--plot", action="store_true", help="also draw a PNG chart of the speedups (needs matplotlib)")
     bench.add_argument("--model-only", action="store_true", help="only the end-to-end model comparison")
-    bench.add_argument("--out", default="mmgdino-bench-results",
-                       help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
-                            "(default: ./mmgdino-bench-results.*)")
+    bench.add_argument(
+        "--out",
+        default="mmgdino-bench-results",
+        help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
+        "(default: ./mmgdino-bench-results.*)",
+    )
     bench.set_defaults(fn=_bench)
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .modeling import ModelLoadError, MMGroundingDinoForObjectDetection
+from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError
 
 DEFAULT_MODEL = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -137,7 +137,7 @@ class Detector:
         chunks = self._chunk_cache[key]
         results = []
         for start in range(0, len(images), batch_size):
-            pil = [load_image(im) for im in images[start:start + batch_size]]
+            pil = [load_image(im) for im in images[start : start + batch_size]]
             results += self._detect_batch(pil, labels, chunks, threshold, text_threshold)
         return results[0] if single else results
 
@@ -159,22 +159,30 @@ class Detector:
                     scale = torch.tensor([image.width, image.height] * 2, device=boxes.device)
                     cx, cy, w, h = boxes[i, keep].unbind(-1)
                     corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale
-                    for score, label_pos, box in zip(scores[i, keep].tolist(), best[i, keep].tolist(),
-                                                     corners.tolist()):
-                        found[i].append({"label": labels[label_indices[label_pos]], "score": round(score, 4),
-                                         "box": [round(v, 2) for v in box]})
+                    for score, label_pos, box in zip(
+                        scores[i, keep].tolist(), best[i, keep].tolist(), corners.tolist()
+                    ):
+                        found[i].append(
+                            {
+                                "label": labels[label_indices[label_pos]],
+                                "score": round(score, 4),
+                                "box": [round(v, 2) for v in box],
+                            }
+                        )
         return [sorted(f, key=lambda d: -d["score"]) for f in found]
 
 
 def _load_processor(model_id):
     from transformers import AutoProcessor
 
-    from .modeling.weights import cache_first
+    from .modeling.hub import cache_first
 
     try:
         return cache_first(AutoProcessor.from_pretrained, str(model_id))
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"no processor (tokenizer + image processor) for {str(model_id)!r}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise ModelLoadError(
+            f"no processor (tokenizer + image processor) for {str(model_id)!r}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc

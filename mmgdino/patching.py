@@ -13,24 +13,51 @@ from . import ops
 _MARK = "_mmgdino_original_forward"
 
 
-def _msda_forward(self, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
-                  sampling_locations, attention_weights, im2col_step=64):
+def _msda_forward(
+    self,
+    value,
+    value_spatial_shapes,
+    value_spatial_shapes_list,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    im2col_step=64,
+):
     # transformers passes one dtype everywhere; under autocast the offsets may come back float32.
     dtype = value.dtype
-    return ops.ms_deform_attn(value, value_spatial_shapes, level_start_index, sampling_locations.to(dtype),
-                              attention_weights.to(dtype), backend=self._mmgdino_backend)
+    return ops.ms_deform_attn(
+        value,
+        value_spatial_shapes,
+        level_start_index,
+        sampling_locations.to(dtype),
+        attention_weights.to(dtype),
+        backend=self._mmgdino_backend,
+    )
 
 
 def _mm_contrastive_forward(self, vision_hidden_state, text_hidden_state, text_token_mask):
     """MM Grounding DINO / LLMDet head: (q . t) / sqrt(d) + per-layer bias."""
-    return ops.contrastive_logits(vision_hidden_state, text_hidden_state, text_token_mask.bool(), bias=self.bias,
-                                  max_text_len=self.max_text_len, backend=self._mmgdino_backend)
+    return ops.contrastive_logits(
+        vision_hidden_state,
+        text_hidden_state,
+        text_token_mask.bool(),
+        bias=self.bias,
+        max_text_len=self.max_text_len,
+        backend=self._mmgdino_backend,
+    )
 
 
 def _gd_contrastive_forward(self, vision_hidden_state, text_hidden_state, text_token_mask):
     """Grounding DINO head: q . t, no scale, no bias."""
-    return ops.contrastive_logits(vision_hidden_state, text_hidden_state, text_token_mask.bool(), bias=0.0,
-                                  scale=1.0, max_text_len=self.max_text_len, backend=self._mmgdino_backend)
+    return ops.contrastive_logits(
+        vision_hidden_state,
+        text_hidden_state,
+        text_token_mask.bool(),
+        bias=0.0,
+        scale=1.0,
+        max_text_len=self.max_text_len,
+        backend=self._mmgdino_backend,
+    )
 
 
 _REPLACEMENTS = {

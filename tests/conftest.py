@@ -11,7 +11,6 @@ except ImportError:
 
 import pytest
 import torch
-
 from helpers import TOLERANCE  # noqa: F401  (re-exported for tests)
 
 

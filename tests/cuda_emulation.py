@@ -21,12 +21,24 @@ ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 # The ATen side of the CUDA backend: checks, allocation, argument packing, error mapping, registration.
-GLUE = [ROOT / "csrc" / "checks.cpp", *sorted((ROOT / "csrc" / "cuda").glob("*.cpp")),
-        *sorted((ROOT / "csrc" / "cuda").glob("*.h"))]
+GLUE = [
+    ROOT / "csrc" / "checks.cpp",
+    *sorted((ROOT / "csrc" / "cuda").glob("*.cpp")),
+    *sorted((ROOT / "csrc" / "cuda").glob("*.h")),
+]
 MAX_BLOCKS = 5
+# The one C++ standard of the project (setup.py and .ci/run use the same), and the include path every emulated
+# build shares: the emulator's CUDA headers first, so that <cuda_runtime.h> is the emulator's.
+CXX_STANDARD = "-std=c++20"
+INCLUDE_DIRS = [EMULATOR, ROOT / "csrc" / "include", ROOT / "csrc" / "cuda"]
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
 
 
 class KernelError(RuntimeError):
@@ -37,10 +49,17 @@ def rewrite_launches(source):
     return _LAUNCH.sub(r"::simt::launch(\1, \2, \3);", source)
 
 
-def _sources_digest():
+def _sources_digest(*extra):
+    """Digest of every source an emulated build reads, plus `extra` (the glue adds torch's version and build)."""
     h = hashlib.sha256()
-    files = [*KERNELS, *GLUE, *sorted(p for p in EMULATOR.rglob("*") if p.is_file()),
-             *sorted((ROOT / "csrc" / "include" / "mmgdino").glob("*"))]
+    for item in extra:
+        h.update(str(item).encode())
+    files = [
+        *KERNELS,
+        *GLUE,
+        *sorted(p for p in EMULATOR.rglob("*") if p.is_file()),
+        *sorted((ROOT / "csrc" / "include" / "mmgdino").glob("*")),
+    ]
     for path in files:
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -59,7 +78,7 @@ def _kernel_units(work):
         rewritten = rewrite_launches(source)
         if source.count("<<<") != rewritten.count("::simt::launch("):
             raise RuntimeError(f"{cu.name}: could not rewrite every kernel launch")
-        prelude = f"#define __CUDA_ARCH__ 900\n#define MMGDINO_CUDA_MAX_BLOCKS {MAX_BLOCKS}\n#line 1 \"{cu}\"\n"
+        prelude = f'#define __CUDA_ARCH__ 900\n#define MMGDINO_CUDA_MAX_BLOCKS {MAX_BLOCKS}\n#line 1 "{cu}"\n'
         units[cu.stem] = work / (cu.stem + ".cpp")
         units[cu.stem].write_text(prelude + rewritten)
     return units
@@ -77,14 +96,26 @@ def build(cache_dir=None):
     for name in ("simt", "driver", "selftest"):
         units[name] = EMULATOR / f"{name}.cpp"
     flags = [
-        "-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-        "-fno-sanitize-recover=undefined", "-Wall", "-Wno-unknown-pragmas",
-        f"-I{EMULATOR}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+        CXX_STANDARD,
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        *(f"-I{d}" for d in INCLUDE_DIRS),
     ]
     cxx = compiler()
-    jobs = {name: subprocess.Popen([cxx, *flags, "-c", str(src), "-o", str(work / f"{name}.o")],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for name, src in units.items()}
+    jobs = {
+        name: subprocess.Popen(
+            [cxx, *flags, "-c", str(src), "-o", str(work / f"{name}.o")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, src in units.items()
+    }
     for name, job in jobs.items():
         log = job.communicate()[0]
         if job.returncode != 0:
@@ -109,31 +140,46 @@ def load_glue_extension(cache_dir=None):
 
     if hasattr(torch.ops, "mmgdino_simt") and hasattr(torch.ops.mmgdino_simt, "ms_deform_attn"):
         return torch.ops.mmgdino_simt
-    out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-glue-{_sources_digest()}"
+    # Keyed by torch's version and build too: the extension links against it, and a CPU and a CUDA torch
+    # environment on one machine must not share a build.
+    digest = _sources_digest(torch.__version__, torch.version.cuda, torch.compiled_with_cxx11_abi())
+    out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-glue-{digest}"
     out.mkdir(parents=True, exist_ok=True)
     units = _kernel_units(out)
     sources = [str(p) for p in GLUE if p.suffix == ".cpp"] + [str(p) for p in units.values()]
     sources.append(str(EMULATOR / "simt.cpp"))
     cpp_extension.load(
-        name="mmgdino_simt_glue", sources=sources, build_directory=str(out), is_python_module=False, verbose=False,
-        extra_include_paths=[str(EMULATOR / "torch_stubs"), str(EMULATOR), str(ROOT / "csrc" / "include"),
-                             str(ROOT / "csrc" / "cuda")],
-        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", "-DMMGDINO_WITH_CUDA", "-Dmmgdino=mmgdino_simt",
-                      "-DMMGDINO_CUDA_DISPATCH_KEY=CPU"],
+        name="mmgdino_simt_glue",
+        sources=sources,
+        build_directory=str(out),
+        is_python_module=False,
+        verbose=False,
+        extra_include_paths=[str(d) for d in (EMULATOR / "torch_stubs", *INCLUDE_DIRS)],
+        extra_cflags=[
+            "-O1",
+            CXX_STANDARD,
+            "-Wno-unknown-pragmas",
+            "-DMMGDINO_WITH_CUDA",
+            "-Dmmgdino=mmgdino_simt",
+            "-DMMGDINO_CUDA_DISPATCH_KEY=CPU",
+        ],
     )
     global _GLUE_LIBRARY
     _GLUE_LIBRARY = torch.library.Library("mmgdino_simt", "DEF")
     for name in ("ms_deform_attn", "ms_deform_attn_backward", "contrastive_logits", "contrastive_max"):
         schema = str(getattr(torch.ops.mmgdino, name).default._schema)
         _GLUE_LIBRARY.define(schema.split("::", 1)[1])
-    fakes = {"ms_deform_attn": _library._ms_deform_attn_fake,
-             "ms_deform_attn_backward": _library._ms_deform_attn_backward_fake,
-             "contrastive_logits": _library._contrastive_logits_fake,
-             "contrastive_max": _library._contrastive_max_fake}
+    fakes = {
+        "ms_deform_attn": _library._ms_deform_attn_fake,
+        "ms_deform_attn_backward": _library._ms_deform_attn_backward_fake,
+        "contrastive_logits": _library._contrastive_logits_fake,
+        "contrastive_max": _library._contrastive_max_fake,
+    }
     for name, fake in fakes.items():
         torch.library.register_fake(f"mmgdino_simt::{name}", fake, lib=_GLUE_LIBRARY)
-    _library.register_ms_deform_attn_autograd("mmgdino_simt::ms_deform_attn",
-                                              torch.ops.mmgdino_simt.ms_deform_attn_backward)
+    _library.register_ms_deform_attn_autograd(
+        "mmgdino_simt::ms_deform_attn", torch.ops.mmgdino_simt.ms_deform_attn_backward
+    )
     _library.register_contrastive_logits_autograd("mmgdino_simt::contrastive_logits")
     return torch.ops.mmgdino_simt
 
@@ -162,8 +208,9 @@ _SANITIZER_ENV = dict(ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stackt
 
 def selftest(exe, case):
     """(return code, stdout, stderr) of one emulator self-test case."""
-    proc = subprocess.run([str(exe / "simt_selftest"), case], capture_output=True, text=True,
-                          env=dict(os.environ, **_SANITIZER_ENV))
+    proc = subprocess.run(
+        [str(exe / "simt_selftest"), case], capture_output=True, text=True, env=dict(os.environ, **_SANITIZER_ENV)
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -190,8 +237,15 @@ def _msda_args(value, sampling_locations, misalign, window):
     batch, num_values, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     args = dict(
-        dtype=_DTYPE_NAMES[value.dtype], batch=batch, num_values=num_values, num_heads=heads, head_dim=head_dim,
-        num_queries=queries, num_levels=levels, num_points=points, misalign=int(misalign),
+        dtype=_DTYPE_NAMES[value.dtype],
+        batch=batch,
+        num_values=num_values,
+        num_heads=heads,
+        head_dim=head_dim,
+        num_queries=queries,
+        num_levels=levels,
+        num_points=points,
+        misalign=int(misalign),
     )
     if window is not None:
         # value holds rows [start, start + len) of a batch-1 value with num_values rows, the rest zeros.
@@ -201,25 +255,48 @@ def _msda_args(value, sampling_locations, misalign, window):
     return args
 
 
-def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False,
-                   window=None):
+def ms_deform_attn(
+    exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False, window=None
+):
     """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value."""
     args = _msda_args(value, sampling_locations, misalign, window)
     batch, _, heads, head_dim = value.shape
     queries = sampling_locations.shape[1]
-    inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                  sampling_locations=sampling_locations, attention_weights=attention_weights)
-    out = _run(exe, "ms_deform_attn_forward", args, inputs, {"output": (value.dtype, (batch, queries, heads * head_dim))})
+    inputs = dict(
+        value=value,
+        spatial_shapes=spatial_shapes,
+        level_start_index=level_start_index,
+        sampling_locations=sampling_locations,
+        attention_weights=attention_weights,
+    )
+    out = _run(
+        exe, "ms_deform_attn_forward", args, inputs, {"output": (value.dtype, (batch, queries, heads * head_dim))}
+    )
     return out["output"]
 
 
-def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights, misalign=False, window=None):
+def ms_deform_attn_backward(
+    exe,
+    grad_output,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    misalign=False,
+    window=None,
+):
     """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights); with a window,
     grad_value covers the window's rows only."""
     args = _msda_args(value, sampling_locations, misalign, window)
-    inputs = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                  sampling_locations=sampling_locations, attention_weights=attention_weights, grad_output=grad_output)
+    inputs = dict(
+        value=value,
+        spatial_shapes=spatial_shapes,
+        level_start_index=level_start_index,
+        sampling_locations=sampling_locations,
+        attention_weights=attention_weights,
+        grad_output=grad_output,
+    )
     outputs = {
         "grad_value": (_acc_dtype(value.dtype), value.shape),
         "grad_sampling_locations": (value.dtype, sampling_locations.shape),
@@ -233,10 +310,18 @@ def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, r
     batch, rows, dim = vision.shape
     tokens = text.shape[1]
     acc = _acc_dtype(vision.dtype)
-    args = dict(dtype=_DTYPE_NAMES[vision.dtype], batch=batch, num_rows=rows, num_tokens=tokens, dim=dim,
-                max_text_len=max_text_len, scale=repr(float(scale)))
-    inputs = dict(vision=vision, text=text, text_token_mask=text_token_mask.to(torch.bool),
-                  bias=torch.tensor(bias, dtype=acc))
+    args = dict(
+        dtype=_DTYPE_NAMES[vision.dtype],
+        batch=batch,
+        num_rows=rows,
+        num_tokens=tokens,
+        dim=dim,
+        max_text_len=max_text_len,
+        scale=repr(float(scale)),
+    )
+    inputs = dict(
+        vision=vision, text=text, text_token_mask=text_token_mask.to(torch.bool), bias=torch.tensor(bias, dtype=acc)
+    )
     shape = (batch, rows) if reduce_max else (batch, rows, max_text_len)
     op = "contrastive_max" if reduce_max else "contrastive_logits"
     return _run(exe, op, args, inputs, {"output": (acc, shape)})["output"]

@@ -79,7 +79,9 @@ MSDA_CASES = {
 def msda_bad_args(**changes):
     """Valid ms_deform_attn keyword arguments with `changes` applied."""
     value, shapes, starts, loc, attn = msda_inputs()
-    args = dict(value=value, spatial_shapes=shapes, level_start_index=starts, sampling_locations=loc, attention_weights=attn)
+    args = dict(
+        value=value, spatial_shapes=shapes, level_start_index=starts, sampling_locations=loc, attention_weights=attn
+    )
     args.update(changes)
     return args
 
@@ -87,12 +89,36 @@ def msda_bad_args(**changes):
 # (change of msda_bad_args(), exception, words in its message)
 MSDA_BAD_INPUTS = {
     "value_rank": (lambda a: dict(value=a["value"].flatten(2)), ValueError, "value must have shape"),
-    "shapes_rank": (lambda a: dict(spatial_shapes=a["spatial_shapes"].flatten()), ValueError, "spatial_shapes must have shape"),
-    "shapes_dtype": (lambda a: dict(spatial_shapes=a["spatial_shapes"].int()), TypeError, "spatial_shapes must be int64"),
-    "starts_len": (lambda a: dict(level_start_index=a["level_start_index"][:2]), ValueError, "level_start_index must have shape"),
-    "loc_heads": (lambda a: dict(sampling_locations=a["sampling_locations"][:, :, :1]), ValueError, "sampling_locations must have shape"),
-    "loc_last_dim": (lambda a: dict(sampling_locations=a["sampling_locations"][..., :1]), ValueError, "sampling_locations must have shape"),
-    "attn_points": (lambda a: dict(attention_weights=a["attention_weights"][..., :1]), ValueError, "attention_weights must have shape"),
+    "shapes_rank": (
+        lambda a: dict(spatial_shapes=a["spatial_shapes"].flatten()),
+        ValueError,
+        "spatial_shapes must have shape",
+    ),
+    "shapes_dtype": (
+        lambda a: dict(spatial_shapes=a["spatial_shapes"].int()),
+        TypeError,
+        "spatial_shapes must be int64",
+    ),
+    "starts_len": (
+        lambda a: dict(level_start_index=a["level_start_index"][:2]),
+        ValueError,
+        "level_start_index must have shape",
+    ),
+    "loc_heads": (
+        lambda a: dict(sampling_locations=a["sampling_locations"][:, :, :1]),
+        ValueError,
+        "sampling_locations must have shape",
+    ),
+    "loc_last_dim": (
+        lambda a: dict(sampling_locations=a["sampling_locations"][..., :1]),
+        ValueError,
+        "sampling_locations must have shape",
+    ),
+    "attn_points": (
+        lambda a: dict(attention_weights=a["attention_weights"][..., :1]),
+        ValueError,
+        "attention_weights must have shape",
+    ),
     "attn_dtype": (lambda a: dict(attention_weights=a["attention_weights"].double()), TypeError, "share one dtype"),
     "value_int": (lambda a: dict(value=a["value"].long()), TypeError, "value must be float64"),
     "level_too_big": (
@@ -101,7 +127,11 @@ MSDA_BAD_INPUTS = {
         "num_values",
     ),
     "level_start_past_end": (lambda a: dict(level_start_index=a["level_start_index"] + 50), ValueError, "num_values"),
-    "level_empty": (lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[1, 1], [0, 1], [1, 1]])), ValueError, "positive"),
+    "level_empty": (
+        lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[1, 1], [0, 1], [1, 1]])),
+        ValueError,
+        "positive",
+    ),
 }
 
 

@@ -9,10 +9,12 @@ VOCAB = 1100  # room for BERT's [CLS]=101, [SEP]=102 and "."=1012, so prompts ha
 def small_backbone_and_text():
     from transformers import BertConfig, SwinConfig
 
-    backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4,
-                          out_indices=[2, 3, 4], image_size=64)
-    text = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                      vocab_size=VOCAB)
+    backbone = SwinConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4, out_indices=[2, 3, 4], image_size=64
+    )
+    text = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB
+    )
     return backbone, text
 
 
@@ -29,9 +31,20 @@ def randomize_zero_init(model, seed=0):
 
 
 def _common(levels, **overrides):
-    settings = dict(d_model=32, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                    num_queries=12, num_feature_levels=levels, encoder_attention_heads=2, decoder_attention_heads=2,
-                    max_text_len=16, use_timm_backbone=False, use_pretrained_backbone=False)
+    settings = dict(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_queries=12,
+        num_feature_levels=levels,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        max_text_len=16,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+    )
     settings.update(overrides)
     return settings
 
@@ -79,13 +92,13 @@ def grounding_inputs(batch=2, height=64, width=80, seed=1):
     input_ids = torch.zeros(batch, length, dtype=torch.long)
     attention_mask = torch.zeros(batch, length, dtype=torch.long)
     for i, ids in enumerate(prompts):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention_mask[i, :len(ids)] = 1
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
     pixel_values = torch.randn(batch, 3, height, width, generator=gen)
     pixel_mask = torch.ones(batch, height, width, dtype=torch.long)
     if batch > 1:
-        pixel_mask[1, :, width - 20:] = 0
-        pixel_values[1, :, :, width - 20:] = 0
+        pixel_mask[1, :, width - 20 :] = 0
+        pixel_values[1, :, :, width - 20 :] = 0
     return dict(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids, attention_mask=attention_mask)
 
 
@@ -98,11 +111,20 @@ def offline_processor(directory):
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
 
     vocab = [f"[unused{i}]" for i in range(VOCAB)]
-    vocab[0], vocab[100], vocab[101], vocab[102], vocab[103], vocab[1012] = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."
+    vocab[0], vocab[100], vocab[101], vocab[102], vocab[103], vocab[1012] = (
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ".",
+    )
     for i in range(200, 1000):
         vocab[i] = f"w{i}"
     path = Path(directory) / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(path), do_lower_case=True)
-    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 160}),
-                                  tokenizer=tokenizer)
+    return GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 160}),
+        tokenizer=tokenizer,
+    )

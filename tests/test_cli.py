@@ -9,12 +9,20 @@ from mmgdino.cli import main
 
 
 def _report():
-    rows = [bench.Row("ms_deform_attn", "forward", "encoder", 1, "float32", "cpu", 2.0, "transformers", 40.0, 20.0,
-                      3e-6, 12.5),
-            bench.Row("model", "forward", "tiny", 1, "float32", "mmgdino model", 7.0, "transformers eager", 19.0,
-                      19.0 / 7.0, 1e-7)]
-    return {"device": "test device", "commit": "abc", "versions": bench.versions(),
-            "results": [r.to_json() for r in rows]}
+    rows = [
+        bench.Row(
+            "ms_deform_attn", "forward", "encoder", 1, "float32", "cpu", 2.0, "transformers", 40.0, 20.0, 3e-6, 12.5
+        ),
+        bench.Row(
+            "model", "forward", "tiny", 1, "float32", "mmgdino model", 7.0, "transformers eager", 19.0, 19.0 / 7.0, 1e-7
+        ),
+    ]
+    return {
+        "device": "test device",
+        "commit": "abc",
+        "versions": bench.versions(),
+        "results": [r.to_json() for r in rows],
+    }
 
 
 def test_report_writers(tmp_path):
@@ -40,10 +48,15 @@ def test_info_lists_backends(capsys):
 def test_end_to_end_rows_at_a_small_size():
     import torch
 
-    rows = bench.run_end_to_end("cpu", repeats=1, log=lambda m: None, height=256, width=320,
-                                dtypes=[torch.float32, torch.bfloat16])
-    assert [(r.backend, r.dtype) for r in rows] == [("transformers eager", "float32"), ("mmgdino.patch", "float32"),
-                                                    ("mmgdino model", "float32"), ("mmgdino model", "bfloat16")]
+    rows = bench.run_end_to_end(
+        "cpu", repeats=1, log=lambda m: None, height=256, width=320, dtypes=[torch.float32, torch.bfloat16]
+    )
+    assert [(r.backend, r.dtype) for r in rows] == [
+        ("transformers eager", "float32"),
+        ("mmgdino.patch", "float32"),
+        ("mmgdino model", "float32"),
+        ("mmgdino model", "bfloat16"),
+    ]
     assert rows[1].rel_err < 1e-4 and rows[2].rel_err < 1e-4
     assert rows[3].rel_err < 0.1
     assert all(r.median_ms > 0 and r.peak_mb is None for r in rows)

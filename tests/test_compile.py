@@ -1,8 +1,8 @@
 import pytest
 import torch
+from helpers import contrastive_inputs, msda_inputs
 
 from mmgdino import ops
-from helpers import contrastive_inputs, msda_inputs
 
 
 def _layer(value, shapes, starts, loc, attn, vision, text, mask):

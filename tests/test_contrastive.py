@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from helpers import CONTRASTIVE_SHAPES, TOLERANCE, backend_params, contrastive_inputs, opcheck_kwargs, rel_err
 
 from mmgdino import ops
-from helpers import CONTRASTIVE_SHAPES, backend_params, opcheck_kwargs, TOLERANCE, contrastive_inputs, rel_err
 
 BACKENDS = backend_params("contrastive_logits")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -116,7 +116,9 @@ def test_gradcheck_float64(backend_device):
     vision.requires_grad_(True)
     text.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda v, t, b: ops.contrastive_logits(v, t, mask, bias=b, max_text_len=6, backend=backend).nan_to_num(neginf=0.0),
+        lambda v, t, b: ops.contrastive_logits(v, t, mask, bias=b, max_text_len=6, backend=backend).nan_to_num(
+            neginf=0.0
+        ),
         (vision, text, bias),
         fast_mode=backend == "triton",
     )

@@ -3,9 +3,9 @@ CUDA-graph capture, torch.compile with inductor, and int64-sized offsets."""
 
 import pytest
 import torch
+from helpers import TOLERANCE, contrastive_inputs, level_table, msda_inputs, rel_err
 
 from mmgdino import ops
-from helpers import TOLERANCE, contrastive_inputs, level_table, msda_inputs, rel_err
 
 pytestmark = pytest.mark.gpu
 GPU_BACKENDS = ["cuda", "triton"]
@@ -20,10 +20,13 @@ def _available(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
 def test_gpu_matches_cpu_kernel(backend, dtype):
     _available(backend)
-    cpu_inputs = msda_inputs(dtype=dtype, head_dim=32, heads=8, queries=300, points=4,
-                             shapes=((20, 30), (10, 15), (5, 8), (3, 4)))
+    cpu_inputs = msda_inputs(
+        dtype=dtype, head_dim=32, heads=8, queries=300, points=4, shapes=((20, 30), (10, 15), (5, 8), (3, 4))
+    )
     gpu = ops.ms_deform_attn(*(t.cuda() for t in cpu_inputs), backend=backend)
-    cpu = ops.ms_deform_attn(*cpu_inputs, backend="cpu" if "cpu" in ops.available_backends("ms_deform_attn", "cpu") else "torch")
+    cpu = ops.ms_deform_attn(
+        *cpu_inputs, backend="cpu" if "cpu" in ops.available_backends("ms_deform_attn", "cpu") else "torch"
+    )
     assert rel_err(gpu.cpu(), cpu) <= TOLERANCE[dtype]
 
 
@@ -102,6 +105,7 @@ def test_offsets_past_int32(backend):
 def test_model_on_gpu_matches_transformers(dtype):
     """mmgdino's model on the GPU against transformers' model on the GPU (float32 reference)."""
     import model_builders as mb
+
     from mmgdino import MMGroundingDinoForObjectDetection
 
     hf = mb.mm_grounding_dino().cuda()

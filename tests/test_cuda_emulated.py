@@ -8,14 +8,22 @@ read or write outside any buffer fails. What it cannot show: speed, the memory m
 
 import math
 
+import cuda_emulation as emu
 import pytest
 import torch
-
-import cuda_emulation as emu
 from helpers import (
-    CONTRASTIVE_SHAPES, GRAD_TOLERANCE, MSDA_BAD_INPUTS, MSDA_CASES, TOLERANCE, contrastive_inputs, msda_bad_args,
-    msda_inputs, msda_reference, rel_err,
+    CONTRASTIVE_SHAPES,
+    GRAD_TOLERANCE,
+    MSDA_BAD_INPUTS,
+    MSDA_CASES,
+    TOLERANCE,
+    contrastive_inputs,
+    msda_bad_args,
+    msda_inputs,
+    msda_reference,
+    rel_err,
 )
+
 from mmgdino.ops import _torch_impl
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="needs a C++ compiler (g++ or $CXX)")
@@ -37,7 +45,7 @@ def test_emulator_computes_warp_shuffles_and_shared_memory(simt):
     data = [i % 7 for i in range(3 * 64)]
     want = []
     for width in (32, 8, 2):
-        want += [(width, float(sum(data[g * width:(g + 1) * width]))) for g in range(len(data) // width)]
+        want += [(width, float(sum(data[g * width : (g + 1) * width]))) for g in range(len(data) // width)]
     assert list(zip(widths, values)) == want
 
     rc, out, err = emu.selftest(simt, "reverse_in_block")
@@ -45,11 +53,14 @@ def test_emulator_computes_warp_shuffles_and_shared_memory(simt):
     assert [int(v) for v in out.split()] == [b * 128 + 127 - i for b in range(2) for i in range(128)]
 
 
-@pytest.mark.parametrize("case,words", [
-    ("shuffle_after_exit", "exited while the rest of its warp waits at a shuffle"),
-    ("divergent_sync", "waits at __syncthreads"),
-    ("read_one_past", "heap-buffer-overflow"),
-])
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("shuffle_after_exit", "exited while the rest of its warp waits at a shuffle"),
+        ("divergent_sync", "waits at __syncthreads"),
+        ("read_one_past", "heap-buffer-overflow"),
+    ],
+)
 def test_emulator_rejects_what_the_hardware_leaves_undefined(simt, case, words):
     rc, out, err = emu.selftest(simt, case)
     assert rc != 0 and words in out + err
@@ -268,12 +279,18 @@ def test_glue_forward_and_autograd_match_float64_reference(glue, dtype, case):
 
 def test_glue_gradcheck_float64(glue):
     value, shapes, starts, loc, attn = msda_inputs(
-        shapes=((4, 5), (2, 3), (1, 1)), queries=3, heads=2, head_dim=3, points=2, dtype=torch.float64,
+        shapes=((4, 5), (2, 3), (1, 1)),
+        queries=3,
+        heads=2,
+        head_dim=3,
+        points=2,
+        dtype=torch.float64,
         border_fraction=0.0,
     )
     inputs = tuple(t.requires_grad_(True) for t in (value, loc, attn))
-    assert torch.autograd.gradcheck(lambda v, l, a: glue.ms_deform_attn(v, shapes, starts, l, a), inputs,
-                                   eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda v, l, a: glue.ms_deform_attn(v, shapes, starts, l, a), inputs, eps=1e-6, atol=1e-6
+    )
 
 
 def test_glue_opcheck(glue):

@@ -3,6 +3,7 @@ to a temporary directory, loaded back the way a user's checkpoint is."""
 
 import json
 
+import model_builders as mb
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,6 @@ from PIL import Image
 
 import mmgdino
 from mmgdino.cli import main
-import model_builders as mb
 
 LABELS = ["w200 w201", "w300", "w400 w401 w402"]
 
@@ -55,8 +55,11 @@ def expected_detections(hf, processor, images, labels, threshold):
     results = []
     for i in range(len(images)):
         keep = scores[i] >= threshold
-        results.append(sorted(((labels[b], s) for s, b in zip(scores[i, keep].tolist(), best[i, keep].tolist())),
-                              key=lambda x: -x[1]))
+        results.append(
+            sorted(
+                ((labels[b], s) for s, b in zip(scores[i, keep].tolist(), best[i, keep].tolist())), key=lambda x: -x[1]
+            )
+        )
     return results
 
 
@@ -64,13 +67,14 @@ def expected_detections(hf, processor, images, labels, threshold):
 def test_detect_matches_transformers_model(checkpoint, images, batch_size):
     directory, hf = checkpoint
     detector = mmgdino.Detector(directory, device="cpu")
-    results = detector.detect([str(p) for p in images], LABELS, threshold=0.05, text_threshold=0.05,
-                              batch_size=batch_size)
+    results = detector.detect(
+        [str(p) for p in images], LABELS, threshold=0.05, text_threshold=0.05, batch_size=batch_size
+    )
     assert len(results) == len(images)
     pil = [Image.open(p).convert("RGB") for p in images]
     expected = []
     for start in range(0, len(pil), batch_size):  # batches padded as the detector pads them
-        expected += expected_detections(hf, detector.processor, pil[start:start + batch_size], LABELS, 0.05)
+        expected += expected_detections(hf, detector.processor, pil[start : start + batch_size], LABELS, 0.05)
     for found, wanted in zip(results, expected):
         assert len(found) == len(wanted) > 0
         assert [d["label"] for d in found] == [e[0] for e in wanted]
@@ -107,7 +111,9 @@ def test_long_vocabulary_is_split_and_merged(checkpoint, images, monkeypatch):
     expected = []
     for indices, _, _ in chunks:
         expected += detector.detect(str(images[0]), [labels[i] for i in indices], threshold=0.05)
-    assert sorted(merged, key=lambda d: (-d["score"], d["label"])) == sorted(expected, key=lambda d: (-d["score"], d["label"]))
+    assert sorted(merged, key=lambda d: (-d["score"], d["label"])) == sorted(
+        expected, key=lambda d: (-d["score"], d["label"])
+    )
 
 
 def test_prompt_features_are_cached(checkpoint, images, monkeypatch):
@@ -138,8 +144,24 @@ def test_cli_detect_writes_jsonl_draws_and_resumes(checkpoint, images, tmp_path,
     folder = images[0].parent
     (folder / "zz_broken.png").write_text("not an image")
     out, drawn = tmp_path / "results.jsonl", tmp_path / "drawn"
-    args = ["detect", str(folder), "--labels", *LABELS, "--model", str(directory), "--threshold", "0.05",
-            "--out", str(out), "--draw", str(drawn), "--device", "cpu", "--batch-size", "2"]
+    args = [
+        "detect",
+        str(folder),
+        "--labels",
+        *LABELS,
+        "--model",
+        str(directory),
+        "--threshold",
+        "0.05",
+        "--out",
+        str(out),
+        "--draw",
+        str(drawn),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 1  # the unreadable image is reported, the rest still run
     assert "zz_broken.png: not a readable image" in capsys.readouterr().err
     lines = [json.loads(line) for line in out.read_text().splitlines()]

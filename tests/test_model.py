@@ -3,25 +3,29 @@ same logits at finite positions, same -inf positions, same boxes and detections;
 
 import json
 
+import model_builders as mb
 import pytest
 import torch
 
 import mmgdino
-from mmgdino import ModelLoadError, MMGroundingDinoForObjectDetection as Ours
-import model_builders as mb
+from mmgdino import MMGroundingDinoForObjectDetection as Ours
+from mmgdino import ModelLoadError
 
 FAMILIES = {
     "mm_grounding_dino_4_levels": lambda: mb.mm_grounding_dino(4),
     "mm_grounding_dino_5_levels": lambda: mb.mm_grounding_dino(5),
     "mm_grounding_dino_untied_heads": lambda: mb.mm_grounding_dino(
-        4, decoder_bbox_embed_share=False, decoder_cls_embed_share=False),
+        4, decoder_bbox_embed_share=False, decoder_cls_embed_share=False
+    ),
     # transformers cannot tie heads of a one-layer decoder, so that case is untied.
     "mm_grounding_dino_one_decoder_layer": lambda: mb.mm_grounding_dino(
-        4, decoder_layers=1, decoder_bbox_embed_share=False, decoder_cls_embed_share=False),
+        4, decoder_layers=1, decoder_bbox_embed_share=False, decoder_cls_embed_share=False
+    ),
     "grounding_dino": lambda: mb.grounding_dino(),
     # Swin-B/L differ from Swin-T by width, depth and window (12 for the 384-pixel variants); a scaled-down twin.
-    "mm_grounding_dino_swin_large_like": lambda: mb.mm_grounding_dino(4, backbone_overrides=dict(
-        embed_dim=24, depths=[1, 1, 2, 1], num_heads=[1, 2, 3, 6], window_size=6)),
+    "mm_grounding_dino_swin_large_like": lambda: mb.mm_grounding_dino(
+        4, backbone_overrides=dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[1, 2, 3, 6], window_size=6)
+    ),
 }
 
 
@@ -42,8 +46,14 @@ def test_matches_transformers_on_padded_batch(family):
         theirs = hf(**inputs)
         ours = model(**inputs)
     assert_same_detections(ours, theirs)
-    for field in ("last_hidden_state", "encoder_last_hidden_state_vision", "encoder_last_hidden_state_text",
-                  "init_reference_points", "intermediate_hidden_states", "intermediate_reference_points"):
+    for field in (
+        "last_hidden_state",
+        "encoder_last_hidden_state_vision",
+        "encoder_last_hidden_state_text",
+        "init_reference_points",
+        "intermediate_hidden_states",
+        "intermediate_reference_points",
+    ):
         torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), atol=1e-4, rtol=1e-4, msg=field)
     assert torch.equal(ours.input_ids, theirs.input_ids)
     assert type(ours) is type(theirs)
@@ -79,15 +89,18 @@ def test_post_processing_gives_identical_detections(tmp_path):
     processor = mb.offline_processor(tmp_path)
     hf = mb.mm_grounding_dino()
     images = [torch.rand(3, 70, 90), torch.rand(3, 90, 60)]
-    enc = processor(images=images, text=["w200 w201. w300.", "w400."], return_tensors="pt", padding=True,
-                    do_rescale=False)
+    enc = processor(
+        images=images, text=["w200 w201. w300.", "w400."], return_tensors="pt", padding=True, do_rescale=False
+    )
     with torch.no_grad():
         theirs = hf(**enc)
         ours = Ours.from_transformers(hf)(**enc)
     sizes = [(70, 90), (90, 60)]
     post = processor.post_process_grounded_object_detection
-    for a, b in zip(post(ours, threshold=0.3, text_threshold=0.25, target_sizes=sizes),
-                    post(theirs, threshold=0.3, text_threshold=0.25, target_sizes=sizes)):
+    for a, b in zip(
+        post(ours, threshold=0.3, text_threshold=0.25, target_sizes=sizes),
+        post(theirs, threshold=0.3, text_threshold=0.25, target_sizes=sizes),
+    ):
         assert a["text_labels"] == b["text_labels"]
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
@@ -105,9 +118,12 @@ def test_batch_matches_running_one_by_one():
         together = model(**batch)
         for i in range(2):
             length = int(batch["attention_mask"][i].sum())
-            alone = model(pixel_values=batch["pixel_values"][i:i + 1], pixel_mask=batch["pixel_mask"][i:i + 1],
-                          input_ids=batch["input_ids"][i:i + 1, :length],
-                          attention_mask=batch["attention_mask"][i:i + 1, :length])
+            alone = model(
+                pixel_values=batch["pixel_values"][i : i + 1],
+                pixel_mask=batch["pixel_mask"][i : i + 1],
+                input_ids=batch["input_ids"][i : i + 1, :length],
+                attention_mask=batch["attention_mask"][i : i + 1, :length],
+            )
             finite = torch.isfinite(alone.logits[0])
             assert torch.equal(torch.isfinite(together.logits[i]), finite)
             torch.testing.assert_close(together.logits[i][finite], alone.logits[0][finite], atol=1e-4, rtol=1e-4)
@@ -222,7 +238,9 @@ def test_routes_deformable_attention_and_logits_to_mmgdino_ops(monkeypatch):
     assert calls.count("contrastive_logits") == 1  # the last decoder layer only
 
 
-@pytest.mark.parametrize("build", [mb.mm_grounding_dino, mb.grounding_dino], ids=["mm_grounding_dino", "grounding_dino"])
+@pytest.mark.parametrize(
+    "build", [mb.mm_grounding_dino, mb.grounding_dino], ids=["mm_grounding_dino", "grounding_dino"]
+)
 def test_from_config_builds_an_untrained_model(build):
     hf = build()
     model = Ours.from_config(hf.config)
@@ -241,9 +259,9 @@ def test_errors_are_clear(tmp_path, monkeypatch):
         Ours.from_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face Hub cache"):
         Ours.from_pretrained("nobody-has/this-model-id", local_files_only=True)
-    from mmgdino.modeling import weights
+    from mmgdino.modeling import hub
 
-    monkeypatch.setattr(weights, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(ModelLoadError, match="no network, and it is not in the local cache"):
         Ours.from_pretrained("nobody-has/this-model-id")
     from transformers import DeformableDetrConfig

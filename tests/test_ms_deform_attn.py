@@ -1,9 +1,21 @@
 import pytest
 import torch
+from helpers import (
+    GRAD_TOLERANCE,
+    MSDA_BAD_INPUTS,
+    MSDA_CASES,
+    TOLERANCE,
+    backend_params,
+    level_table,
+    msda_bad_args,
+    msda_inputs,
+    msda_reference,
+    opcheck_kwargs,
+    rel_err,
+)
 
 import mmgdino
 from mmgdino import ops
-from helpers import GRAD_TOLERANCE, MSDA_BAD_INPUTS, MSDA_CASES, msda_bad_args, backend_params, level_table, opcheck_kwargs, TOLERANCE, msda_inputs, msda_reference, rel_err
 
 BACKENDS = backend_params("ms_deform_attn")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -53,13 +65,23 @@ def test_backward_matches_float64_reference(backend_device, dtype, case):
 def test_gradcheck_float64(backend_device):
     backend, device = backend_device
     value, shapes, starts, loc, attn = msda_inputs(
-        shapes=((4, 5), (2, 3), (1, 1)), batch=2, queries=3, heads=2, head_dim=3, points=2, dtype=torch.float64,
-        border_fraction=0.0, device=device,
+        shapes=((4, 5), (2, 3), (1, 1)),
+        batch=2,
+        queries=3,
+        heads=2,
+        head_dim=3,
+        points=2,
+        dtype=torch.float64,
+        border_fraction=0.0,
+        device=device,
     )
     inputs = tuple(t.requires_grad_(True) for t in (value, loc, attn))
     # Each Triton-interpreter call costs ~0.1 s; fast mode checks a random projection instead of every column.
     assert torch.autograd.gradcheck(
-        lambda v, l, a: ops.ms_deform_attn(v, shapes, starts, l, a, backend=backend), inputs, eps=1e-6, atol=1e-6,
+        lambda v, l, a: ops.ms_deform_attn(v, shapes, starts, l, a, backend=backend),
+        inputs,
+        eps=1e-6,
+        atol=1e-6,
         fast_mode=backend == "triton",
     )
 
@@ -82,7 +104,12 @@ def _transformers_msda():
 def test_matches_transformers_module(backend_device, dtype):
     backend, device = backend_device
     value, shapes, starts, loc, attn = msda_inputs(
-        shapes=((10, 12), (5, 6), (3, 3), (2, 1)), queries=20, heads=4, head_dim=8, points=4, dtype=dtype,
+        shapes=((10, 12), (5, 6), (3, 3), (2, 1)),
+        queries=20,
+        heads=4,
+        head_dim=8,
+        points=4,
+        dtype=dtype,
         device=device,
     )
     theirs = _transformers_msda()(value, shapes, [tuple(s) for s in shapes.tolist()], starts, loc, attn, 64)
@@ -90,7 +117,9 @@ def test_matches_transformers_module(backend_device, dtype):
     assert rel_err(ours, theirs) <= TOLERANCE[dtype] * 10
 
 
-@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in ops.available_backends("ms_deform_attn", "cpu")])
+@pytest.mark.parametrize(
+    "backend", [b for b in ("cpu", "triton") if b in ops.available_backends("ms_deform_attn", "cpu")]
+)
 def test_offsets_past_2_31_elements_on_the_cpu(backend):
     """A 3000 x 3000 level of one 256-channel head: value has 2.3e9 elements, past int32 offsets in the bottom
     rows. torch.empty leaves the pages untouched until written, so only the bottom 16 image rows, where every
@@ -146,7 +175,9 @@ def test_opcheck_backward_operator():
 
 
 def test_default_backend_on_cpu_is_the_best_available():
-    assert ops.available_backends("ms_deform_attn", "cpu")[0] == ("cpu" if mmgdino._extension.has_cpu_kernels else "torch")
+    assert ops.available_backends("ms_deform_attn", "cpu")[0] == (
+        "cpu" if mmgdino._extension.has_cpu_kernels else "torch"
+    )
     assert "torch" in ops.available_backends("ms_deform_attn", "cpu")
 
 
@@ -204,8 +235,9 @@ def test_deterministic_mode(backend_device):
         pytest.skip("PyTorch's own CUDA embedding_bag backward decides this")
     value, shapes, starts, loc, attn = msda_inputs(device=device, queries=4, border_fraction=0.0)
     leaves = [t.requires_grad_(True) for t in (value, loc, attn)]
-    normal = torch.autograd.grad(ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend).sum(),
-                                 leaves)
+    normal = torch.autograd.grad(
+        ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend).sum(), leaves
+    )
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -227,8 +259,9 @@ def test_deterministic_backward_matches_reference(dtype):
 
     value, shapes, starts, loc, attn = msda_inputs(dtype=dtype, queries=23, head_dim=8, spread=1.6)
     grad = torch.randn(value.shape[0], 23, value.shape[2] * value.shape[3]).to(dtype)
-    got = _torch_impl.ms_deform_attn_backward_deterministic(grad, value, shapes, starts, loc, attn,
-                                                            max_gather_bytes=4096)
+    got = _torch_impl.ms_deform_attn_backward_deterministic(
+        grad, value, shapes, starts, loc, attn, max_gather_bytes=4096
+    )
     leaves = [t.double().requires_grad_(True) for t in (value, loc, attn)]
     ref = torch.autograd.grad(msda_reference(leaves[0], shapes, starts, leaves[1], leaves[2]), leaves, grad.double())
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]

@@ -94,16 +94,19 @@ def test_version_and_public_api():
     assert torch.ops.mmgdino.ms_deform_attn.default is not None
 
 
-@pytest.mark.parametrize("arch_list,capability,runs", [
-    ("8.0;8.6;8.9;9.0+PTX", (8, 0), True),
-    ("8.0;8.6;8.9;9.0+PTX", (8, 7), True),  # an sm_80 cubin runs on any 8.x at or above 8.0
-    ("8.0;8.6;8.9;9.0+PTX", (12, 0), True),  # PTX is compiled for newer GPUs when loaded
-    ("8.0;8.6;8.9;9.0+PTX", (7, 5), False),  # a T4: "no kernel image is available"
-    ("8.6 9.0", (8, 0), False),
-    ("9.0a", (9, 0), True),
-    ("8.0", (9, 0), False),  # no PTX: a cubin never runs on another major version
-    ("Ampere", (8, 0), None),  # named lists are not second-guessed
-])
+@pytest.mark.parametrize(
+    "arch_list,capability,runs",
+    [
+        ("8.0;8.6;8.9;9.0+PTX", (8, 0), True),
+        ("8.0;8.6;8.9;9.0+PTX", (8, 7), True),  # an sm_80 cubin runs on any 8.x at or above 8.0
+        ("8.0;8.6;8.9;9.0+PTX", (12, 0), True),  # PTX is compiled for newer GPUs when loaded
+        ("8.0;8.6;8.9;9.0+PTX", (7, 5), False),  # a T4: "no kernel image is available"
+        ("8.6 9.0", (8, 0), False),
+        ("9.0a", (9, 0), True),
+        ("8.0", (9, 0), False),  # no PTX: a cubin never runs on another major version
+        ("Ampere", (8, 0), None),  # named lists are not second-guessed
+    ],
+)
 def test_cuda_arch_list_runs_on(arch_list, capability, runs):
     from mmgdino import _cuda_arch
 

@@ -31,15 +31,46 @@ def main():
     for capability in (80, 90):
         for dtype, p in POINTER.items():
             constexprs = {"NUM_LEVELS": 4, "NUM_POINTS": 4, "BLOCK_Q": 64, "BLOCK_D": 32, "ACC": tl.float32}
-            fwd = {"value_ptr": p, "shapes_ptr": "*i64", "starts_ptr": "*i64", "loc_ptr": p, "attn_ptr": p, "out_ptr": p}
+            fwd = {
+                "value_ptr": p,
+                "shapes_ptr": "*i64",
+                "starts_ptr": "*i64",
+                "loc_ptr": p,
+                "attn_ptr": p,
+                "out_ptr": p,
+            }
             compile_one(msda._fwd_kernel, {**fwd, **msda_scalars}, constexprs, capability)
-            bwd = {"grad_out_ptr": p, "value_ptr": p, "shapes_ptr": "*i64", "starts_ptr": "*i64", "loc_ptr": p,
-                   "attn_ptr": p, "grad_value_ptr": "*fp32", "grad_loc_ptr": p, "grad_attn_ptr": p}
+            bwd = {
+                "grad_out_ptr": p,
+                "value_ptr": p,
+                "shapes_ptr": "*i64",
+                "starts_ptr": "*i64",
+                "loc_ptr": p,
+                "attn_ptr": p,
+                "grad_value_ptr": "*fp32",
+                "grad_loc_ptr": p,
+                "grad_attn_ptr": p,
+            }
             compile_one(msda._bwd_kernel, {**bwd, **msda_scalars}, constexprs, capability)
-            common = {"BLOCK_N": 64, "BLOCK_T": 16, "BLOCK_K": 32, "ACC": tl.float32,
-                      "PRECISION": "ieee" if dtype == "float32" else None, "UPCAST": False}
-            ptrs = {"vision_ptr": p, "text_ptr": p, "mask_ptr": "*i1", "bias_ptr": "*fp32", "out_ptr": "*fp32",
-                    "scale": "fp32", "num_rows": "i32", "num_tokens": "i32", "dim": "i32"}
+            common = {
+                "BLOCK_N": 64,
+                "BLOCK_T": 16,
+                "BLOCK_K": 32,
+                "ACC": tl.float32,
+                "PRECISION": "ieee" if dtype == "float32" else None,
+                "UPCAST": False,
+            }
+            ptrs = {
+                "vision_ptr": p,
+                "text_ptr": p,
+                "mask_ptr": "*i1",
+                "bias_ptr": "*fp32",
+                "out_ptr": "*fp32",
+                "scale": "fp32",
+                "num_rows": "i32",
+                "num_tokens": "i32",
+                "dim": "i32",
+            }
             compile_one(cl._fwd_kernel, {**ptrs, "max_text_len": "i32"}, {**common, "BLOCK_PAD": 64}, capability)
             compile_one(cl._max_kernel, ptrs, common, capability)
             print(f"compiled sm_{capability} {dtype}", flush=True)

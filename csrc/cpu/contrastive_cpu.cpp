@@ -22,37 +22,35 @@ at::Tensor raw_dots(const at::Tensor& vision, const at::Tensor& text, at::Scalar
   return at::bmm(vision.to(dtype), text.to(dtype).transpose(1, 2));
 }
 
+// fn(row index, its dot products, its batch's token mask) for every (batch, row), in parallel.
+template <typename acc_t, typename RowFn>
+void for_each_row(const acc_t* dots, const bool* mask, const ContrastiveDims& d, RowFn fn) {
+  at::parallel_for(0, d.batch * d.num_rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bn = begin; bn < end; ++bn) fn(bn, dots + bn * d.num_tokens, mask + (bn / d.num_rows) * d.num_tokens);
+  });
+}
+
 template <typename acc_t>
 void fill_logits(const acc_t* dots, const bool* mask, acc_t scale, acc_t bias, acc_t* out, const ContrastiveDims& d,
                  int64_t max_text_len) {
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  at::parallel_for(0, d.batch * d.num_rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bn = begin; bn < end; ++bn) {
-      const int64_t b = bn / d.num_rows;
-      const acc_t* dot_row = dots + bn * d.num_tokens;
-      const bool* mask_row = mask + b * d.num_tokens;
-      acc_t* out_row = out + bn * max_text_len;
-      for (int64_t t = 0; t < d.num_tokens; ++t) out_row[t] = mask_row[t] ? dot_row[t] * scale + bias : neg_inf;
-      for (int64_t t = d.num_tokens; t < max_text_len; ++t) out_row[t] = neg_inf;
-    }
+  for_each_row(dots, mask, d, [&](int64_t bn, const acc_t* dot_row, const bool* mask_row) {
+    acc_t* out_row = out + bn * max_text_len;
+    for (int64_t t = 0; t < d.num_tokens; ++t) out_row[t] = mask_row[t] ? dot_row[t] * scale + bias : neg_inf;
+    for (int64_t t = d.num_tokens; t < max_text_len; ++t) out_row[t] = neg_inf;
   });
 }
 
 template <typename acc_t>
 void reduce_max(const acc_t* dots, const bool* mask, acc_t scale, acc_t bias, acc_t* out, const ContrastiveDims& d) {
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  at::parallel_for(0, d.batch * d.num_rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bn = begin; bn < end; ++bn) {
-      const int64_t b = bn / d.num_rows;
-      const acc_t* dot_row = dots + bn * d.num_tokens;
-      const bool* mask_row = mask + b * d.num_tokens;
-      acc_t best = neg_inf;
-      for (int64_t t = 0; t < d.num_tokens; ++t) {
-        if (mask_row[t] && dot_row[t] > best) best = dot_row[t];
-      }
-      // scale > 0 keeps the order, so scaling the maximum equals maximizing the scaled logits.
-      out[bn] = best == neg_inf ? neg_inf : best * scale + bias;
+  for_each_row(dots, mask, d, [&](int64_t bn, const acc_t* dot_row, const bool* mask_row) {
+    acc_t best = neg_inf;
+    for (int64_t t = 0; t < d.num_tokens; ++t) {
+      if (mask_row[t] && dot_row[t] > best) best = dot_row[t];
     }
+    // scale > 0 keeps the order, so scaling the maximum equals maximizing the scaled logits.
+    out[bn] = best == neg_inf ? neg_inf : best * scale + bias;
   });
 }
 
@@ -63,9 +61,15 @@ bool fused_float(const at::Tensor& vision, const at::Tensor& text, const at::Ten
   const auto vision_c = vision.contiguous();
   const auto text_c = text.contiguous();
   const auto mask_c = mask.contiguous();
-  const FloatContrastiveArgs args{vision_c.const_data_ptr<float>(), text_c.const_data_ptr<float>(),
-                                  mask_c.const_data_ptr<bool>(), static_cast<float>(scale), bias.item<float>(),
-                                  d.num_rows, d.num_tokens, d.dim, max_text_len};
+  const FloatContrastiveArgs args{vision_c.const_data_ptr<float>(),
+                                  text_c.const_data_ptr<float>(),
+                                  mask_c.const_data_ptr<bool>(),
+                                  static_cast<float>(scale),
+                                  bias.item<float>(),
+                                  d.num_rows,
+                                  d.num_tokens,
+                                  d.dim,
+                                  max_text_len};
   float* out_ptr = out.mutable_data_ptr<float>();
   const bool avx2 = cpu_has_avx2();
   at::parallel_for(0, d.batch * d.num_rows, 64, [&](int64_t begin, int64_t end) {

@@ -27,14 +27,13 @@ struct FloatContrastiveArgs {
   int64_t num_rows, num_tokens, dim, max_text_len;
 };
 
-#define MMGDINO_DECLARE_FLOAT_MSDA(ns)                                                                        \
-  namespace ns {                                                                                              \
-  bool forward_rows_any(int chunks, const FloatMsdaArgs& a, float* out, int64_t begin, int64_t end);          \
-  bool backward_heads_any(int chunks, const FloatMsdaArgs& a, const float* grad_out, float* grad_value,       \
-                          float* grad_loc, float* grad_attn, int64_t begin, int64_t end);                     \
-  /* rows [begin, end) of the flattened (batch * num_rows); out is (.., max_text_len) or, reduced, (..,) */    \
-  void contrastive_rows(const FloatContrastiveArgs& a, bool reduce_max, float* out, int64_t begin,            \
-                        int64_t end);                                                                         \
+#define MMGDINO_DECLARE_FLOAT_MSDA(ns)                                                                           \
+  namespace ns {                                                                                                 \
+  bool forward_rows_any(int chunks, const FloatMsdaArgs& a, float* out, int64_t begin, int64_t end);             \
+  bool backward_heads_any(int chunks, const FloatMsdaArgs& a, const float* grad_out, float* grad_value,          \
+                          float* grad_loc, float* grad_attn, int64_t begin, int64_t end);                        \
+  /* rows [begin, end) of the flattened (batch * num_rows); out is (.., max_text_len) or, reduced, (..,) */      \
+  void contrastive_rows(const FloatContrastiveArgs& a, bool reduce_max, float* out, int64_t begin, int64_t end); \
   }
 
 MMGDINO_DECLARE_FLOAT_MSDA(cpu_baseline)

@@ -81,10 +81,10 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
       for (int64_t h = 0; h < d.num_heads; ++h) {
         const scalar_t* value_bh = value_ptr + (b * d.num_values * d.num_heads + h) * d.head_dim;
         const int64_t point_base = (bq * d.num_heads + h) * points_per_head;
-        const int count = gather_taps<scalar_t, acc_t>(loc_ptr + 2 * point_base, attn_ptr + point_base, lv, d,
-                                                       value_bh, row_stride, tap_rows.data(), tap_weights.data());
+        const int count = gather_taps<scalar_t, acc_t>(loc_ptr + 2 * point_base, attn_ptr + point_base, lv, d, value_bh,
+                                                       row_stride, tap_rows.data(), tap_weights.data());
         weighted_rows_sum(value_bh, row_stride, tap_rows.data(), tap_weights.data(), count, d.head_dim,
-                                out_ptr + (bq * d.num_heads + h) * d.head_dim);
+                          out_ptr + (bq * d.num_heads + h) * d.head_dim);
       }
     }
   });
@@ -94,15 +94,26 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
 int float_fast_path_chunks(const at::Tensor& value, const MsdaDims& d) {
   if (value.scalar_type() != at::kFloat || d.num_levels * d.num_points * 4 > kMaxTapsPerHead) return 0;
   switch (d.head_dim) {
-    case 8: case 16: case 32: case 64: case 128: return static_cast<int>(d.head_dim / 8);
+    case 8:
+    case 16:
+    case 32:
+    case 64:
+    case 128: return static_cast<int>(d.head_dim / 8);
     default: return 0;
   }
 }
 
 FloatMsdaArgs float_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
                          const at::Tensor& weights, const MsdaDims& d) {
-  return FloatMsdaArgs{value.const_data_ptr<float>(), lv.shapes, lv.starts, locations.const_data_ptr<float>(),
-                       weights.const_data_ptr<float>(), d.num_values, d.num_heads, d.num_queries, d.num_levels,
+  return FloatMsdaArgs{value.const_data_ptr<float>(),
+                       lv.shapes,
+                       lv.starts,
+                       locations.const_data_ptr<float>(),
+                       weights.const_data_ptr<float>(),
+                       d.num_values,
+                       d.num_heads,
+                       d.num_queries,
+                       d.num_levels,
                        d.num_points};
 }
 
@@ -141,9 +152,8 @@ void backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& value, c
           for (int64_t p = 0; p < d.num_points; ++p) {
             const int64_t point = point_base + l * d.num_points + p;
             BilinearTaps<acc_t> taps;
-            if (!resolve_taps<acc_t>(static_cast<acc_t>(loc_ptr[2 * point]),
-                                     static_cast<acc_t>(loc_ptr[2 * point + 1]), height, width, start,
-                                     d.num_values, taps)) {
+            if (!resolve_taps<acc_t>(static_cast<acc_t>(loc_ptr[2 * point]), static_cast<acc_t>(loc_ptr[2 * point + 1]),
+                                     height, width, start, d.num_values, taps)) {
               grad_loc_ptr[2 * point] = scalar_t(0);
               grad_loc_ptr[2 * point + 1] = scalar_t(0);
               grad_attn_ptr[point] = scalar_t(0);
@@ -190,8 +200,9 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
     float* out = output.mutable_data_ptr<float>();
     const bool avx2 = cpu_has_avx2();
     at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
-      avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
-           : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
+      const bool ran = avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
+                            : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
+      TORCH_CHECK(ran, "mmgdino.ms_deform_attn: no float32 CPU kernel for head_dim ", d.head_dim);
     });
     return output;
   }
@@ -203,8 +214,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad(grad_output, value, d);
@@ -213,32 +223,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
-  at::Tensor& grad_value_acc = grads.value_acc;
-  at::Tensor& grad_locations = grads.sampling_locations;
-  at::Tensor& grad_weights = grads.attention_weights;
-  if (grad_locations.numel() > 0 && value.numel() > 0) {
+  if (grads.sampling_locations.numel() > 0 && value.numel() > 0) {
     const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
     if (const int chunks = float_fast_path_chunks(value, d)) {
       const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
       const float* grad = grad_c.const_data_ptr<float>();
-      float* grad_value = grad_value_acc.mutable_data_ptr<float>();
-      float* grad_loc = grad_locations.mutable_data_ptr<float>();
-      float* grad_attn = grad_weights.mutable_data_ptr<float>();
+      float* grad_value = grads.value_acc.mutable_data_ptr<float>();
+      float* grad_loc = grads.sampling_locations.mutable_data_ptr<float>();
+      float* grad_attn = grads.attention_weights.mutable_data_ptr<float>();
       const bool avx2 = cpu_has_avx2();
       at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
-        avx2 ? cpu_avx2::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)
-             : cpu_baseline::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
+        const bool ran =
+            avx2 ? cpu_avx2::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)
+                 : cpu_baseline::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
+        TORCH_CHECK(ran, "mmgdino.ms_deform_attn_backward: no float32 CPU kernel for head_dim ", d.head_dim);
       });
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
             backward_cpu_impl<scalar_t>(grad_c, in.value, lv, in.sampling_locations, in.attention_weights,
-                                        grad_value_acc, grad_locations, grad_weights, d);
+                                        grads.value_acc, grads.sampling_locations, grads.attention_weights, d);
           });
     }
   } else {
-    grad_locations.zero_();
-    grad_weights.zero_();
+    grads.zero_point_grads();
   }
   return grads.finish(value.scalar_type());
 }

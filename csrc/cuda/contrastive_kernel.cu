@@ -18,10 +18,10 @@ namespace mmgdino {
 namespace cuda {
 namespace {
 
-constexpr int kRows = 32;        // rows per block
-constexpr int kTokens = 32;      // tokens per tile (one per lane)
-constexpr int kK = 32;           // reduction tile
-constexpr int kWarps = 8;        // 256 threads
+constexpr int kRows = 32;    // rows per block
+constexpr int kTokens = 32;  // tokens per tile (one per lane)
+constexpr int kK = 32;       // reduction tile
+constexpr int kWarps = 8;    // 256 threads
 constexpr int kRowsPerWarp = kRows / kWarps;
 
 template <typename A>

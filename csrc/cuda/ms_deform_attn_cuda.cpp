@@ -63,8 +63,7 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad(grad_output, value, d);
@@ -75,18 +74,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
-  at::Tensor& grad_value_acc = grads.value_acc;
-  at::Tensor& grad_locations = grads.sampling_locations;
-  at::Tensor& grad_weights = grads.attention_weights;
   cuda::MsdaBackwardArgs args;
   args.fwd = forward_args(in, d);
   args.grad_output = grad_c.const_data_ptr();
-  args.grad_value_acc = grad_value_acc.mutable_data_ptr();
-  args.grad_sampling_locations = grad_locations.mutable_data_ptr();
-  args.grad_attention_weights = grad_weights.mutable_data_ptr();
+  args.grad_value_acc = grads.value_acc.mutable_data_ptr();
+  args.grad_sampling_locations = grads.sampling_locations.mutable_data_ptr();
+  args.grad_attention_weights = grads.attention_weights.mutable_data_ptr();
   if (d.head_dim == 0 || d.batch * d.num_queries * d.num_heads == 0) {
-    grad_locations.zero_();
-    grad_weights.zero_();
+    grads.zero_point_grads();
   } else {
     const cudaError_t err = cuda::ms_deform_attn_backward(args, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK_VALUE(err != cudaErrorInvalidValue, "mmgdino.ms_deform_attn_backward: head_dim ", d.head_dim,

@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
   // Every lane of a warp runs the same number of iterations (the loop bound is warp-uniform), so the
   // full-mask shuffles below are safe; lanes without an item work on zeros and write nothing.
   const int64_t warp_items = (total + (kThreads / kGroup) - 1) / (kThreads / kGroup) * (kThreads / kGroup);
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup;
-       item < warp_items; item += groups_per_grid) {
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; item < warp_items;
+       item += groups_per_grid) {
     const bool active = item < total;
     const int64_t safe_item = active ? item : 0;
     const int64_t h = safe_item % a.num_heads;
@@ -278,10 +278,12 @@ struct Launcher {
     int group = ceil_pow2(chunks);
     if (kBackward && chunks > static_cast<int64_t>(group) * kMaxChunksPerLane) return cudaErrorInvalidValue;
     switch (group) {
-#define MMGDINO_CASE(G)                                                                      \
-  case G:                                                                                    \
-    if constexpr (kBackward) return backward<kVec, G>(args, stream);                          \
-    else return forward<kVec, G>(args, stream);
+#define MMGDINO_CASE(G)                       \
+  case G:                                     \
+    if constexpr (kBackward)                  \
+      return backward<kVec, G>(args, stream); \
+    else                                      \
+      return forward<kVec, G>(args, stream);
       MMGDINO_CASE(1)
       MMGDINO_CASE(2)
       MMGDINO_CASE(4)
@@ -289,8 +291,7 @@ struct Launcher {
       MMGDINO_CASE(16)
       MMGDINO_CASE(32)
 #undef MMGDINO_CASE
-      default:
-        return cudaErrorInvalidValue;
+      default: return cudaErrorInvalidValue;
     }
   }
 };

@@ -1,6 +1,6 @@
 """The inference model: `MMGroundingDinoForObjectDetection` (also LLMDet and Grounding DINO checkpoints)."""
 
+from .hub import ModelLoadError
 from .model import MMGroundingDinoForObjectDetection
-from .weights import ModelLoadError
 
 __all__ = ["MMGroundingDinoForObjectDetection", "ModelLoadError"]

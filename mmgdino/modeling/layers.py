@@ -51,6 +51,31 @@ class MLPHead(nn.Module):
         return self.layers[-1](x)
 
 
+class ContrastiveHead(nn.Module):
+    """Phrase logits (vision . text) * scale + bias. MM Grounding DINO and LLMDet learn a bias per head and scale
+    by 1/sqrt(C); Grounding DINO has neither (scale 1, no parameter)."""
+
+    def __init__(self, config, with_bias):
+        super().__init__()
+        self.max_text_len = config.max_text_len
+        self.scale = (1.0 / config.d_model**0.5) if with_bias else 1.0
+        if with_bias:
+            self.bias = nn.Parameter(torch.tensor(0.0))
+        else:
+            self.bias = None
+
+    def _bias(self):
+        return 0.0 if self.bias is None else self.bias
+
+    def forward(self, vision, text, text_keep):
+        return ops.contrastive_logits(
+            vision, text, text_keep, bias=self._bias(), scale=self.scale, max_text_len=self.max_text_len
+        )
+
+    def best(self, vision, text, text_keep):
+        return ops.contrastive_max(vision, text, text_keep, bias=self._bias(), scale=self.scale)
+
+
 class MultiheadAttention(nn.Module):
     """Projections named as transformers' MMGroundingDinoMultiheadAttention; attention through SDPA."""
 
@@ -64,8 +89,10 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, queries, keys, values, keep=None):
         """keep: bool, broadcastable to (B, H, Lq, Lk), True where a query may attend a key."""
-        q, k, v = (_heads(proj(x), self.num_heads) for proj, x in
-                   ((self.query, queries), (self.key, keys), (self.value, values)))
+        q, k, v = (
+            _heads(proj(x), self.num_heads)
+            for proj, x in ((self.query, queries), (self.key, keys), (self.value, values))
+        )
         return self.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
 
 
@@ -120,7 +147,7 @@ class BiAttention(nn.Module):
         b, n, c = vision.shape
         t, h = text.shape[1], self.num_heads
         hd = self.vision_proj.out_features // h
-        scale = hd ** -0.5
+        scale = hd**-0.5
         text_keys = self.text_proj(text).view(b, t, h, hd)
         text_values = self.values_text_proj(text).view(b, t, h, hd)
 
@@ -170,8 +197,8 @@ def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024):
         return norm(x + fc2(activation(fc1(x))))
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], chunk_rows):
-        rows = flat[start:start + chunk_rows]
-        torch.add(rows, fc2(activation(fc1(rows))), out=out[start:start + chunk_rows])
+        rows = flat[start : start + chunk_rows]
+        torch.add(rows, fc2(activation(fc1(rows))), out=out[start : start + chunk_rows])
     return norm(out.view_as(x))
 
 
@@ -202,8 +229,9 @@ class DeformableLayer(nn.Module):
     def __init__(self, config):
         super().__init__()
         d = config.d_model
-        self.self_attn = MultiscaleDeformableAttention(d, config.encoder_attention_heads, config.num_feature_levels,
-                                                       config.encoder_n_points)
+        self.self_attn = MultiscaleDeformableAttention(
+            d, config.encoder_attention_heads, config.num_feature_levels, config.encoder_n_points
+        )
         self.self_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
         self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
@@ -226,8 +254,9 @@ class EncoderLayer(nn.Module):
     def forward(self, vision, text, ctx):
         vision, text = self.fusion_layer(vision, text, ctx.vision_keep, ctx.text_keep)
         text = self.text_enhancer_layer(text, ctx.text_pos, ctx.phrase_keep)
-        vision = self.deformable_layer(vision, ctx.vision_pos, ctx.vision_keep, ctx.encoder_reference_points,
-                                       ctx.levels)
+        vision = self.deformable_layer(
+            vision, ctx.vision_pos, ctx.vision_keep, ctx.encoder_reference_points, ctx.levels
+        )
         return vision, text
 
 

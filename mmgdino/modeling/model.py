@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
-from .layers import Decoder, Encoder, MLPHead, sine_embedding
+from . import weights
+from .layers import ContrastiveHead, Decoder, Encoder, MLPHead, sine_embedding
 
 SPECIAL_TOKENS = (101, 102, 1012, 1029)  # [CLS], [SEP], ".", "?" in BERT's vocabulary: phrase boundaries
 
@@ -50,30 +50,6 @@ class Context:
     text_keep: torch.Tensor  # (B, T) bool, True on real tokens
     text_pos: torch.Tensor  # (B, T, C) sine embedding of the position inside each phrase
     phrase_keep: torch.Tensor  # (B, 1, T, T) bool, tokens attend within their own phrase
-
-
-class ContrastiveHead(nn.Module):
-    """Phrase logits (vision . text) * scale + bias. MM Grounding DINO and LLMDet learn a bias per head and scale
-    by 1/sqrt(C); Grounding DINO has neither (scale 1, no parameter)."""
-
-    def __init__(self, config, with_bias):
-        super().__init__()
-        self.max_text_len = config.max_text_len
-        self.scale = (1.0 / config.d_model ** 0.5) if with_bias else 1.0
-        if with_bias:
-            self.bias = nn.Parameter(torch.tensor(0.0))
-        else:
-            self.bias = None
-
-    def _bias(self):
-        return 0.0 if self.bias is None else self.bias
-
-    def forward(self, vision, text, text_keep):
-        return ops.contrastive_logits(vision, text, text_keep, bias=self._bias(), scale=self.scale,
-                                      max_text_len=self.max_text_len)
-
-    def best(self, vision, text, text_keep):
-        return ops.contrastive_max(vision, text, text_keep, bias=self._bias(), scale=self.scale)
 
 
 def phrase_attention(input_ids, special_tokens):
@@ -134,8 +110,9 @@ class GroundingDinoCore(nn.Module):
         projections = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in channels]
         in_channels = channels[-1]
         for _ in range(config.num_feature_levels - len(channels)):
-            projections.append(nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1),
-                                             nn.GroupNorm(32, d)))
+            projections.append(
+                nn.Sequential(nn.Conv2d(in_channels, d, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, d))
+            )
             in_channels = d
         self.input_proj_vision = nn.ModuleList(projections)
         self.text_backbone = AutoModel.from_config(config.text_config, add_pooling_layer=False)
@@ -181,8 +158,9 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             return nn.ModuleList(make() for _ in range(layers))
 
         d = config.d_model
-        self.class_embed = heads(lambda: ContrastiveHead(config, with_bias),
-                                 with_bias and config.decoder_cls_embed_share)
+        self.class_embed = heads(
+            lambda: ContrastiveHead(config, with_bias), with_bias and config.decoder_cls_embed_share
+        )
         self.bbox_embed = heads(lambda: MLPHead(d, d, 4, 3), config.decoder_bbox_embed_share)
         self.model.decoder.bbox_embed = self.bbox_embed
         if with_bias:
@@ -192,32 +170,25 @@ class MMGroundingDinoForObjectDetection(nn.Module):
 
     @classmethod
     def from_config(cls, config):
-        from .weights import initialize
-
         model = cls(config)
-        initialize(model)
+        weights.initialize(model)
         return model.eval()
 
     @classmethod
     def from_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
-        from .weights import load_pretrained
-
-        return load_pretrained(cls, name_or_path, dtype=dtype, device=device, revision=revision,
-                               local_files_only=local_files_only)
+        return weights.load_pretrained(
+            cls, name_or_path, dtype=dtype, device=device, revision=revision, local_files_only=local_files_only
+        )
 
     @classmethod
     def from_transformers(cls, hf_model):
-        from .weights import load_state_dict
-
         param = next(hf_model.parameters())
         model = cls(hf_model.config)
-        load_state_dict(model, hf_model.state_dict())
+        weights.load_state_dict(model, hf_model.state_dict())
         return model.to(device=param.device, dtype=param.dtype).eval()
 
     def save_pretrained(self, directory):
-        from .weights import save_pretrained
-
-        save_pretrained(self, directory)
+        weights.save_pretrained(self, directory)
 
     @property
     def device(self):
@@ -229,39 +200,36 @@ class MMGroundingDinoForObjectDetection(nn.Module):
 
     # ------------------------------------------------------------------ forward: the data path
 
-    def forward(self, pixel_values=None, input_ids=None, token_type_ids=None, attention_mask=None, pixel_mask=None,
-                output_hidden_states=False, output_proposal_logits=False, return_dict=True, prompt_features=None,
-                image_features=None, **unused):
+    def forward(
+        self,
+        pixel_values=None,
+        input_ids=None,
+        token_type_ids=None,
+        attention_mask=None,
+        pixel_mask=None,
+        output_hidden_states=False,
+        output_proposal_logits=False,
+        return_dict=True,
+        prompt_features=None,
+        image_features=None,
+        **unused,
+    ):
         """`prompt_features` (from `encode_prompt`) and `image_features` (from `encode_image`) replace the text
         and image inputs when given: a prompt reused across images, or images reused across prompt chunks, is
         encoded once."""
         if unused.get("labels") is not None:
             raise NotImplementedError("mmgdino's model is for inference; train with transformers' model")
-        core = self.model
         if prompt_features is None:
             prompt_features = self.encode_prompt(input_ids, token_type_ids, attention_mask)
         if image_features is None:
             image_features = self.encode_image(pixel_values, pixel_mask)
-        text, text_keep, text_pos, phrase_keep, input_ids = prompt_features
-        vision, vision_keep, vision_pos, levels, valid_ratios = image_features
-        if text.shape[0] != vision.shape[0]:  # one prompt for a batch of images
-            text, text_keep, text_pos, phrase_keep, input_ids = (
-                x.expand(vision.shape[0], *x.shape[1:]) for x in prompt_features)
-        ctx = Context(levels, vision_keep, vision_pos, valid_ratios,
-                      encoder_reference_points(levels.shapes, valid_ratios), text_keep, text_pos, phrase_keep)
-
-        memory, text_memory, vision_states, text_states = core.encoder(vision, text, ctx, output_hidden_states)
-
-        queries, reference_points, proposal_outputs = self._select_proposals(memory, text_memory, ctx,
-                                                                             output_proposal_logits)
-        normed, references, decoder_states = core.decoder(queries, reference_points, memory, text_memory, ctx,
-                                                          output_hidden_states)
-
+        vision, text, ctx, input_ids = self._pair(image_features, prompt_features)
+        memory, text_memory, vision_states, text_states = self.model.encoder(vision, text, ctx, output_hidden_states)
+        queries, reference_points, proposal_outputs = self.propose(memory, text_memory, ctx, output_proposal_logits)
+        logits, pred_boxes, normed, references, decoder_states = self.decode(
+            queries, reference_points, memory, text_memory, ctx, output_hidden_states
+        )
         last = normed[:, -1]
-        before_last = references[:, -2] if references.shape[1] > 1 else reference_points
-        logits = self.class_embed[-1](last, text_memory, text_keep)
-        pred_boxes = (self.bbox_embed[-1](last) + torch.special.logit(before_last, eps=1e-5)).sigmoid()
-
         fields = dict(
             logits=logits,
             pred_boxes=pred_boxes,
@@ -290,8 +258,9 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         input_ids, token_type_ids = input_ids[:, :max_len], token_type_ids[:, :max_len]
         text_keep = attention_mask[:, :max_len].bool()
         phrase_keep, position_ids = phrase_attention(input_ids, core.special_tokens)
-        text = core.text_backbone(input_ids, phrase_keep[:, None], token_type_ids, position_ids,
-                                  return_dict=True).last_hidden_state
+        text = core.text_backbone(
+            input_ids, phrase_keep[:, None], token_type_ids, position_ids, return_dict=True
+        ).last_hidden_state
         text = core.text_projection(text)
         text_pos = sine_embedding(position_ids[..., None].to(text.dtype), self.config.d_model)
         return text, text_keep, text_pos, phrase_keep[:, None], input_ids
@@ -314,26 +283,50 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         shapes = [tuple(m.shape[-2:]) for m in maps]
         vision = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
         vision_keep = torch.cat([m.flatten(1) for m in masks], 1)
-        vision_pos = torch.cat([p.flatten(2).transpose(1, 2) + core.level_embed[i].view(1, 1, -1)
-                                for i, p in enumerate(positions)], 1)
+        vision_pos = torch.cat(
+            [p.flatten(2).transpose(1, 2) + core.level_embed[i].view(1, 1, -1) for i, p in enumerate(positions)], 1
+        )
         levels = LevelTable.build(shapes, vision.device, vision.dtype)
         valid_ratios = torch.stack([valid_ratios_of(m, vision.dtype) for m in masks], 1)
         return vision, vision_keep, vision_pos, levels, valid_ratios
 
-    def _proposals(self, memory, ctx):
+    def _pair(self, image_features, prompt_features):
+        """The encoder's inputs and the per-forward context of one batch of images and its prompt(s)."""
+        text, text_keep, text_pos, phrase_keep, input_ids = prompt_features
+        vision, vision_keep, vision_pos, levels, valid_ratios = image_features
+        if text.shape[0] != vision.shape[0]:  # one prompt for a batch of images
+            text, text_keep, text_pos, phrase_keep, input_ids = (
+                x.expand(vision.shape[0], *x.shape[1:]) for x in prompt_features
+            )
+        ctx = Context(
+            levels,
+            vision_keep,
+            vision_pos,
+            valid_ratios,
+            encoder_reference_points(levels.shapes, valid_ratios),
+            text_keep,
+            text_pos,
+            phrase_keep,
+        )
+        return vision, text, ctx, input_ids
+
+    def _pixel_proposals(self, memory, ctx):
         """Every pixel's proposal box (inverse-sigmoid; inf where padded or too near the border) and its
         normalized query feature."""
         boxes, start = [], 0
         for level, (height, width) in enumerate(ctx.levels.shapes):
-            keep = ctx.vision_keep[:, start:start + height * width].view(-1, height, width)
+            keep = ctx.vision_keep[:, start : start + height * width].view(-1, height, width)
             start += height * width
             valid_h = keep[:, :, 0].sum(1)
             valid_w = keep[:, 0, :].sum(1)
-            ys, xs = torch.meshgrid(torch.arange(height, dtype=memory.dtype, device=memory.device),
-                                    torch.arange(width, dtype=memory.dtype, device=memory.device), indexing="ij")
+            ys, xs = torch.meshgrid(
+                torch.arange(height, dtype=memory.dtype, device=memory.device),
+                torch.arange(width, dtype=memory.dtype, device=memory.device),
+                indexing="ij",
+            )
             grid = torch.stack([xs, ys], -1)[None] + 0.5
             grid = grid / torch.stack([valid_w, valid_h], -1).view(-1, 1, 1, 2)
-            size = torch.full_like(grid, 0.05 * 2.0 ** level)
+            size = torch.full_like(grid, 0.05 * 2.0**level)
             boxes.append(torch.cat([grid, size], -1).flatten(1, 2))
         boxes = torch.cat(boxes, 1)
         usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1, keepdim=True) & ctx.vision_keep[..., None]
@@ -342,10 +335,10 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         object_query = core.enc_output_norm(core.enc_output(memory.masked_fill(~usable, 0.0)))
         return object_query, box_logits
 
-    def _select_proposals(self, memory, text_memory, ctx, output_proposal_logits):
+    def propose(self, memory, text_memory, ctx, output_proposal_logits=False):
         """Two-stage query selection: the top num_queries pixels by their best phrase logit."""
         core, config = self.model, self.config
-        object_query, box_logits = self._proposals(memory, ctx)
+        object_query, box_logits = self._pixel_proposals(memory, ctx)
         head = core.encoder_output_class_embed
         best = head.best(object_query, text_memory, ctx.text_keep)
         top = torch.topk(best, config.num_queries, dim=1).indices
@@ -361,6 +354,18 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             extra["enc_outputs_class"] = head(object_query, text_memory, ctx.text_keep)
             extra["enc_outputs_coord_logits"] = core.encoder_output_bbox_embed(object_query) + box_logits
         return queries, reference_points, extra
+
+    def decode(self, queries, reference_points, memory, text_memory, ctx, output_hidden_states=False):
+        """The decoder, then the last layer's phrase logits and boxes (the intermediate layers' heads are
+        training-only)."""
+        normed, references, decoder_states = self.model.decoder(
+            queries, reference_points, memory, text_memory, ctx, output_hidden_states
+        )
+        last = normed[:, -1]
+        before_last = references[:, -2] if references.shape[1] > 1 else reference_points
+        logits = self.class_embed[-1](last, text_memory, ctx.text_keep)
+        pred_boxes = (self.bbox_embed[-1](last) + torch.special.logit(before_last, eps=1e-5)).sigmoid()
+        return logits, pred_boxes, normed, references, decoder_states
 
     def _output_class(self):
         if self.family == "mm-grounding-dino":

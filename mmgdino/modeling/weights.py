@@ -2,15 +2,12 @@
 tying), the weights moved to and from ours by their identical state-dict keys; plus random initialization."""
 
 import math
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
-class ModelLoadError(RuntimeError):
-    """A model could not be found or read (bad path, unknown hub id, no network); the message says which."""
+from .hub import ModelLoadError, cache_first
+from .layers import BiAttention, ContrastiveHead, MLPHead, MultiscaleDeformableAttention
 
 
 def load_state_dict(model, state):
@@ -25,9 +22,6 @@ def load_state_dict(model, state):
 
 def initialize(model):
     """Random weights as transformers initializes them, so `from_config` gives a sensible untrained model."""
-    from .layers import BiAttention, MLPHead, MultiscaleDeformableAttention
-    from .model import ContrastiveHead
-
     torch.nn.init.normal_(model.model.level_embed)
     for module in model.modules():
         if isinstance(module, MultiscaleDeformableAttention):
@@ -60,44 +54,13 @@ def initialize(model):
 def transformers_class(config):
     import transformers
 
-    names = {"mm-grounding-dino": "MMGroundingDinoForObjectDetection", "grounding-dino": "GroundingDinoForObjectDetection"}
+    names = {
+        "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
+        "grounding-dino": "GroundingDinoForObjectDetection",
+    }
     if config.model_type not in names:
         raise ModelLoadError(f"model_type {config.model_type!r} is not MM Grounding DINO, LLMDet or Grounding DINO")
     return getattr(transformers, names[config.model_type])
-
-
-def hub_reachable():
-    """Whether the Hub's host resolves: without a network the hub client retries for half a minute before it
-    gives up, so we ask DNS once instead."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
-def cache_first(load, where, *, local_files_only=None, **kwargs):
-    """load(where, local_files_only=..., **kwargs): a local directory as is; a hub id from the local cache when it
-    is there (no network needed), else from the Hub. Raises ModelLoadError with one clear line."""
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if Path(where).is_dir():
-        return load(where, **kwargs)
-    try:
-        return load(where, local_files_only=True, **kwargs)
-    except Exception as cached_exc:
-        if local_files_only:
-            raise ModelLoadError(f"model {where!r} is not in the local Hugging Face Hub cache (offline mode: HF_HUB_OFFLINE or local_files_only)") from cached_exc
-    if not hub_reachable():
-        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: no network, and it is "
-                             "not in the local cache")
-    try:
-        return load(where, **kwargs)
-    except Exception as exc:  # the hub client raises many types; the user needs one clear line
-        text = str(exc).strip()
-        raise ModelLoadError(f"model {where!r} could not be fetched from the Hugging Face Hub: "
-                             f"{text.splitlines()[0] if text else type(exc).__name__}") from exc
 
 
 def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
@@ -106,8 +69,9 @@ def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None
     from transformers import AutoConfig
 
     path = Path(str(name_or_path)).expanduser()
-    if not path.is_dir() and (path.exists() or str(name_or_path).startswith((".", "/", "~"))
-                              or str(name_or_path).count("/") > 1):
+    if not path.is_dir() and (
+        path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
+    ):
         raise ModelLoadError(f"model {str(name_or_path)!r}: no such directory")
     where = str(path) if path.is_dir() else str(name_or_path)
     try:
@@ -117,8 +81,13 @@ def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None
     except Exception as exc:
         text = str(exc).strip()
         raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
-    reference = cache_first(transformers_class(config).from_pretrained, where, local_files_only=local_files_only,
-                            revision=revision, dtype=dtype or torch.float32)
+    reference = cache_first(
+        transformers_class(config).from_pretrained,
+        where,
+        local_files_only=local_files_only,
+        revision=revision,
+        dtype=dtype or torch.float32,
+    )
     model = cls(reference.config)
     load_state_dict(model, reference.state_dict())
     del reference

@@ -1,13 +1,18 @@
 """mmgdino operators: torch.library ops in the `mmgdino` namespace behind a backend-choosing Python API."""
 
+# isort: off
 from . import _library  # noqa: F401  (defines the schemas before the compiled kernels register)
 from .. import _extension  # noqa: F401  (loads mmgdino._C: CPU / CUDA kernels)
-from ._backends import BACKENDS, available_backends, unavailable_reasons
+
+# isort: on
+from ._backends import BACKENDS, OPS, TABLE, available_backends, unavailable_reasons
 from .contrastive import contrastive_logits, contrastive_max
 from .ms_deform_attn import ms_deform_attn
 
 __all__ = [
     "BACKENDS",
+    "OPS",
+    "TABLE",
     "available_backends",
     "contrastive_logits",
     "contrastive_max",

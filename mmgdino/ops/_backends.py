@@ -1,6 +1,7 @@
-"""Which backend runs an operator: what is available on which device, and why not.
+"""Which backend runs an operator: one table, op x device type -> backends best first, each available or not
+(with the reason). Dispatch, `available_backends` and `mmgdino info` all read it.
 
-Availability is worked out once, at import, into plain data, so that choosing a backend inside a
+The table is worked out once, at import, into plain data, so that choosing a backend inside a
 torch.compile'd function is a dictionary lookup that traces without graph breaks.
 """
 
@@ -9,14 +10,16 @@ import os
 import torch
 
 from .. import _extension
+from . import _torch_impl
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 OPS = ("ms_deform_attn", "contrastive_logits", "contrastive_max")
+DEVICE_TYPES = ("cuda", "cpu")
 
-# Preference order per device type when the caller names no backend. The Triton interpreter runs on the CPU
-# but is a testing tool, far slower than the C++ kernels, so it is used on the CPU only when asked for.
-_PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
-_DEVICE_OF_BACKEND = {"cuda": ("cuda",), "cpu": ("cpu",), "triton": ("cuda", "cpu"), "torch": None}
+# Preference when the caller names no backend. The Triton interpreter runs on the CPU but is a testing tool, far
+# slower than the C++ kernels, so on the CPU it is listed last, after the torch fallback, and used only when asked.
+_PREFERENCE = {"cuda": ("cuda", "triton", "torch", "cpu"), "cpu": ("cpu", "torch", "triton", "cuda")}
+_AUTOMATIC = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 
 def _triton_status():
@@ -27,32 +30,55 @@ def _triton_status():
     return _triton.status()
 
 
-def _probe():
-    cuda_ok = torch.cuda.is_available()
+def _why_not(backend, device_type):
+    """None when `backend` runs `device_type` tensors here, else the reason it does not."""
+    if backend == "torch":
+        return None
+    if backend in ("cpu", "cuda"):
+        if not _extension.has_cpu_kernels:
+            return f"mmgdino._C is not built ({_extension.load_error})"
+        if backend != device_type:
+            return f"it runs on {backend} tensors, these are on {device_type}"
+        if backend == "cuda" and not _extension.has_cuda_kernels:
+            return "mmgdino._C was built without CUDA (CPU-only torch or no nvcc at build time)"
+        if backend == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device is visible"
+        return None
     triton_ok, triton_reason = _triton_status()
-    interpret = os.environ.get("TRITON_INTERPRET", "") == "1"
-    why_not = {}
-    usable = {}
-    if _extension.has_cpu_kernels:
-        usable["cpu"] = ("cpu",)
-    else:
-        why_not["cpu"] = f"mmgdino._C is not built ({_extension.load_error})"
-    if _extension.has_cuda_kernels and cuda_ok:
-        usable["cuda"] = ("cuda",)
-    elif not _extension.has_cpu_kernels:
-        why_not["cuda"] = why_not["cpu"]
-    elif not _extension.has_cuda_kernels:
-        why_not["cuda"] = "mmgdino._C was built without CUDA (CPU-only torch or no nvcc at build time)"
-    else:
-        why_not["cuda"] = "no CUDA device is visible"
-    if triton_ok and (cuda_ok or interpret):
-        usable["triton"] = (("cuda",) if cuda_ok else ()) + (("cpu",) if interpret else ())
-    else:
-        why_not["triton"] = triton_reason if not triton_ok else "no CUDA device (set TRITON_INTERPRET=1 to run on CPU)"
-    return usable, why_not
+    if not triton_ok:
+        return triton_reason
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return "Triton runs on CPU tensors only in its interpreter (set TRITON_INTERPRET=1)"
+    return None
 
 
-_USABLE, _WHY_NOT = _probe()
+# {(op, device type): ((backend, None or why it is unavailable), ...)}, best first. Today every operator has the
+# same backends; the table is per operator so that one that lacks a kernel somewhere says so here.
+TABLE = {
+    (op, device_type): tuple((backend, _why_not(backend, device_type)) for backend in _PREFERENCE[device_type])
+    for op in OPS
+    for device_type in DEVICE_TYPES
+}
+
+
+def _automatic(rows, device_type):
+    allowed = _AUTOMATIC.get(device_type, ("torch",))
+    return next(backend for backend, why in rows if why is None and backend in allowed)
+
+
+# The backend used when the caller names none: {(op, device type): backend}.
+AUTOMATIC = {key: _automatic(rows, key[1]) for key, rows in TABLE.items()}
+
+
+def _kernel(op_name, backend):
+    """The callable of one backend: the torch reference, the Triton op, or the op the compiled kernels serve."""
+    if backend == "torch":
+        return getattr(_torch_impl, op_name)
+    if backend == "triton":
+        return getattr(torch.ops.mmgdino, f"{op_name}_triton")
+    return getattr(torch.ops.mmgdino, op_name)
 
 
 def _device_type(device):
@@ -61,42 +87,44 @@ def _device_type(device):
     return torch.device(device).type
 
 
-def _runs(backend, kind):
-    return backend == "torch" or kind in _USABLE.get(backend, ())
+def _rows(op_name, device_type):
+    return TABLE.get((op_name, device_type), (("torch", None),))
 
 
 def available_backends(op_name, device=None):
     """Backends that can run `op_name` on `device` (default: the CUDA device if any, else the CPU), best first."""
     if op_name not in OPS:
         raise ValueError(f"unknown mmgdino operator {op_name!r}; operators: {', '.join(OPS)}")
-    kind = _device_type(device)
-    ordered = _PREFERENCE.get(kind, ("torch",)) + tuple(b for b in BACKENDS if b not in _PREFERENCE.get(kind, ()))
-    return [b for b in ordered if _runs(b, kind)]
+    return [backend for backend, why in _rows(op_name, _device_type(device)) if why is None]
 
 
 def unavailable_reasons():
-    """{backend: why it is unavailable here} for `mmgdino info`."""
-    return dict(_WHY_NOT)
+    """{backend: why it is unavailable on its own device type} for `mmgdino info`."""
+    own_device = {"cuda": "cuda", "cpu": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
+    reasons = {}
+    for backend, device_type in own_device.items():
+        why = dict(_rows(OPS[0], device_type))[backend]
+        if why is not None:
+            reasons[backend] = why
+    return reasons
 
 
-def select_backend(op_name, backend, device):
-    """The backend to run; raises ValueError naming the available ones when `backend` cannot run here."""
-    kind = device.type
+def kernel_for(op_name, backend, device):
+    """The kernel to call for `op_name` on `device`'s tensors: the named backend, or the best automatic one.
+    Raises ValueError naming the available backends when the named one cannot run here."""
     if backend is None:
-        for candidate in _PREFERENCE.get(kind, ("torch",)):
-            if _runs(candidate, kind):
-                return candidate
-        return "torch"
+        return _kernel(op_name, AUTOMATIC.get((op_name, device.type), "torch"))
+    rows = _rows(op_name, device.type)
+    available = ", ".join(b for b, why in rows if why is None)
     if backend not in BACKENDS:
         raise ValueError(
             f"unknown backend {backend!r} for mmgdino.{op_name}; backends: {', '.join(BACKENDS)}; "
-            f"available on {kind}: {', '.join(available_backends(op_name, kind))}"
+            f"available on {device.type}: {available}"
         )
-    if _runs(backend, kind):
-        return backend
-    devices = _DEVICE_OF_BACKEND[backend]
-    reason = _WHY_NOT.get(backend) or f"it runs on {' or '.join(devices)} tensors, these are on {kind}"
-    raise ValueError(
-        f"backend {backend!r} is not available for mmgdino.{op_name} on {kind}: {reason}; "
-        f"available: {', '.join(available_backends(op_name, kind))}"
-    )
+    why = dict(rows).get(backend, f"it does not run on {device.type} tensors")
+    if why is not None:
+        raise ValueError(
+            f"backend {backend!r} is not available for mmgdino.{op_name} on {device.type}: {why}; "
+            f"available: {available}"
+        )
+    return _kernel(op_name, backend)

@@ -45,7 +45,9 @@ def check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_loca
     )
     num_levels = spatial_shapes.shape[0]
     _require(num_levels >= 1, f"{op}: spatial_shapes must describe at least one level")
-    _require_dtype(spatial_shapes.dtype == torch.int64, f"{op}: spatial_shapes must be int64, got {spatial_shapes.dtype}")
+    _require_dtype(
+        spatial_shapes.dtype == torch.int64, f"{op}: spatial_shapes must be int64, got {spatial_shapes.dtype}"
+    )
     _require(
         level_start_index.dim() == 1 and level_start_index.shape[0] == num_levels,
         f"{op}: level_start_index must have shape (num_levels,) = ({num_levels},), got {_shape(level_start_index)}",
@@ -53,7 +55,10 @@ def check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_loca
     _require_dtype(
         level_start_index.dtype == torch.int64, f"{op}: level_start_index must be int64, got {level_start_index.dtype}"
     )
-    expected_loc = f"(batch, num_queries, num_heads, num_levels, num_points, 2) = ({batch}, num_queries, {num_heads}, {num_levels}, num_points, 2)"
+    expected_loc = (
+        "(batch, num_queries, num_heads, num_levels, num_points, 2) = "
+        f"({batch}, num_queries, {num_heads}, {num_levels}, num_points, 2)"
+    )
     _require(
         sampling_locations.dim() == 6,
         f"{op}: sampling_locations must have shape {expected_loc}, got {_shape(sampling_locations)}",
@@ -135,7 +140,9 @@ def check_contrastive(vision, text, text_token_mask, bias):
         f"{op}: text_token_mask must have shape (batch, num_tokens) = ({batch}, {num_tokens}), "
         f"got {_shape(text_token_mask)}",
     )
-    _require_dtype(text_token_mask.dtype == torch.bool, f"{op}: text_token_mask must be bool, got {text_token_mask.dtype}")
+    _require_dtype(
+        text_token_mask.dtype == torch.bool, f"{op}: text_token_mask must be bool, got {text_token_mask.dtype}"
+    )
     _require(bias.dim() == 0, f"{op}: bias must be a float or a 0-dim tensor, got shape {_shape(bias)}")
     _require_dtype(
         vision.dtype in _FLOATING, f"{op}: vision must be float64, float32, float16 or bfloat16, got {vision.dtype}"
@@ -148,6 +155,7 @@ def check_contrastive(vision, text, text_token_mask, bias):
     return batch, num_rows, num_tokens, dim
 
 
-def logits_dtype(input_dtype):
-    """float32 logits (as transformers returns them), float64 kept so the operators can be gradchecked."""
+def accumulate_dtype(input_dtype):
+    """What every kernel accumulates in, and the dtype of the contrastive logits: float32 (as transformers returns
+    logits), float64 kept so that the operators can be gradchecked."""
     return torch.float64 if input_dtype == torch.float64 else torch.float32

@@ -3,8 +3,6 @@ pure-PyTorch default kernels. Compiled kernels from mmgdino._C register for the 
 and take precedence over the defaults; without them every operator still runs, on its torch backend.
 """
 
-import math
-
 import torch
 
 from . import _checks, _torch_impl
@@ -22,9 +20,7 @@ _lib.define(
     "contrastive_logits(Tensor vision, Tensor text, Tensor text_token_mask, Tensor bias, float scale, "
     "SymInt max_text_len) -> Tensor"
 )
-_lib.define(
-    "contrastive_max(Tensor vision, Tensor text, Tensor text_token_mask, Tensor bias, float scale) -> Tensor"
-)
+_lib.define("contrastive_max(Tensor vision, Tensor text, Tensor text_token_mask, Tensor bias, float scale) -> Tensor")
 
 # Default kernels for any device without a compiled one (and for every device in an unbuilt checkout).
 _lib.impl("ms_deform_attn", _torch_impl.ms_deform_attn, "CompositeExplicitAutograd")
@@ -61,13 +57,13 @@ def _contrastive_logits_fake(vision, text, text_token_mask, bias, scale, max_tex
         max_text_len >= num_tokens,
         lambda: f"mmgdino.contrastive_logits: max_text_len ({max_text_len}) must be at least num_tokens ({num_tokens})",
     )
-    return vision.new_empty((batch, num_rows, max_text_len), dtype=_checks.logits_dtype(vision.dtype))
+    return vision.new_empty((batch, num_rows, max_text_len), dtype=_checks.accumulate_dtype(vision.dtype))
 
 
 @torch.library.register_fake("mmgdino::contrastive_max")
 def _contrastive_max_fake(vision, text, text_token_mask, bias, scale):
     batch, num_rows, _, _ = _checks.check_contrastive(vision, text, text_token_mask, bias)
-    return vision.new_empty((batch, num_rows), dtype=_checks.logits_dtype(vision.dtype))
+    return vision.new_empty((batch, num_rows), dtype=_checks.accumulate_dtype(vision.dtype))
 
 
 def _ms_deform_attn_setup_context(ctx, inputs, output):
@@ -83,8 +79,11 @@ def register_ms_deform_attn_autograd(op_name, backward_op):
         # torch.use_deterministic_algorithms (not warn-only) their gradients come from the deterministic gather
         # formulation instead: slower, the same bits every run.
         atomic = value.device.type != "cpu" or backward_op is not torch.ops.mmgdino.ms_deform_attn_backward
-        deterministic = (atomic and torch.are_deterministic_algorithms_enabled()
-                         and not torch.is_deterministic_algorithms_warn_only_enabled())
+        deterministic = (
+            atomic
+            and torch.are_deterministic_algorithms_enabled()
+            and not torch.is_deterministic_algorithms_warn_only_enabled()
+        )
         grads_of = _torch_impl.ms_deform_attn_backward_deterministic if deterministic else backward_op
         grad_value, grad_locations, grad_weights = grads_of(
             grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights
@@ -125,7 +124,3 @@ def register_contrastive_logits_autograd(op_name):
 
 
 register_contrastive_logits_autograd("mmgdino::contrastive_logits")
-
-
-def default_scale(dim):
-    return 1.0 / math.sqrt(dim)

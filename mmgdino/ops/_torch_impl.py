@@ -10,16 +10,14 @@ grid_sample formulation does, and autograd gives the gradients of value, locatio
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ._checks import accumulate_dtype
 
 
 def _bilinear_bags(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """The embedding-bag view of the op: (table (B*H*S, D), rows (B*H*Q, L*P*4), weights (B*H*Q, L*P*4))."""
     batch, num_values, num_heads, head_dim = value.shape
     num_levels = sampling_locations.shape[3]
-    dtype = _compute_dtype(value.dtype)
+    dtype = accumulate_dtype(value.dtype)
     # (B, S, H, D) -> (B * H * S, D): one embedding table, rows of head h of batch b at offset (b * H + h) * S.
     table = value.to(dtype).permute(0, 2, 1, 3).reshape(batch * num_heads * num_values, head_dim)
     loc = sampling_locations.to(dtype).permute(0, 2, 1, 3, 4, 5)  # (B, H, Q, L, P, 2)
@@ -49,7 +47,9 @@ def _bilinear_bags(value, spatial_shapes, level_start_index, sampling_locations,
     ):
         yi, xi = y0 + dy, x0 + dx
         row = start + yi * width_i + xi
-        inside = touches_map & (yi >= 0) & (yi < height_i) & (xi >= 0) & (xi < width_i) & (row >= 0) & (row < num_values)
+        inside = (
+            touches_map & (yi >= 0) & (yi < height_i) & (xi >= 0) & (xi < width_i) & (row >= 0) & (row < num_values)
+        )
         rows.append(torch.where(inside, row, torch.zeros_like(row)) + head_offset)
         weights.append(torch.where(inside, corner_weight * attn, torch.zeros_like(attn)))
     bag_size = num_levels * sampling_locations.shape[4] * 4
@@ -65,22 +65,30 @@ def _unflatten_heads(out, batch, num_heads, num_queries):
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    table, rows, weights = _bilinear_bags(value, spatial_shapes, level_start_index, sampling_locations,
-                                          attention_weights)
+    table, rows, weights = _bilinear_bags(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # (B * H * Q, D)
     batch, num_queries, num_heads = sampling_locations.shape[:3]
     return _unflatten_heads(out, batch, num_heads, num_queries).to(value.dtype)
 
 
-def ms_deform_attn_backward_deterministic(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                                          attention_weights, max_gather_bytes=256 << 20):
+def ms_deform_attn_backward_deterministic(
+    grad_output,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    max_gather_bytes=256 << 20,
+):
     """Gradients that are the same bits on every run, for torch.use_deterministic_algorithms on GPUs, where the
     compiled kernels scatter grad_value with atomics. The forward is written with gathers (index_select), whose
     gradient PyTorch accumulates deterministically in that mode (a sorted index_add); queries go in chunks that
     bound the gathered (rows, bag, D) tensor, and the chunks' value gradients are summed in a fixed order."""
     batch, num_values, num_heads, head_dim = value.shape
     num_queries, bag = sampling_locations.shape[1], sampling_locations.shape[3] * sampling_locations.shape[4] * 4
-    dtype = _compute_dtype(value.dtype)
+    dtype = accumulate_dtype(value.dtype)
     itemsize = torch.finfo(dtype).bits // 8
     chunk = max(1, max_gather_bytes // max(1, batch * num_heads * bag * head_dim * itemsize))
     grad_value = torch.zeros(value.shape, dtype=dtype, device=value.device)
@@ -88,23 +96,27 @@ def ms_deform_attn_backward_deterministic(grad_output, value, spatial_shapes, le
     for q0 in range(0, num_queries, chunk):
         with torch.enable_grad():
             v = value.detach().to(dtype).requires_grad_(True)
-            loc = sampling_locations[:, q0:q0 + chunk].detach().to(dtype).requires_grad_(True)
-            attn = attention_weights[:, q0:q0 + chunk].detach().to(dtype).requires_grad_(True)
+            loc = sampling_locations[:, q0 : q0 + chunk].detach().to(dtype).requires_grad_(True)
+            attn = attention_weights[:, q0 : q0 + chunk].detach().to(dtype).requires_grad_(True)
             table, rows, weights = _bilinear_bags(v, spatial_shapes, level_start_index, loc, attn)
             gathered = table.index_select(0, rows.reshape(-1)).view(*rows.shape, head_dim)
             out = _unflatten_heads((gathered * weights.unsqueeze(-1)).sum(-2), batch, num_heads, loc.shape[1])
-            g_value, g_loc, g_attn = torch.autograd.grad(out, (v, loc, attn), grad_output[:, q0:q0 + chunk].to(dtype))
+            g_value, g_loc, g_attn = torch.autograd.grad(out, (v, loc, attn), grad_output[:, q0 : q0 + chunk].to(dtype))
         grad_value += g_value
         grad_locations.append(g_loc)
         grad_weights.append(g_attn)
     if not grad_locations:  # no queries
-        return (grad_value.to(value.dtype), torch.zeros_like(sampling_locations),
-                torch.zeros_like(attention_weights))
-    return (grad_value.to(value.dtype), torch.cat(grad_locations, 1).to(sampling_locations.dtype),
-            torch.cat(grad_weights, 1).to(attention_weights.dtype))
+        return (grad_value.to(value.dtype), torch.zeros_like(sampling_locations), torch.zeros_like(attention_weights))
+    return (
+        grad_value.to(value.dtype),
+        torch.cat(grad_locations, 1).to(sampling_locations.dtype),
+        torch.cat(grad_weights, 1).to(attention_weights.dtype),
+    )
 
 
-def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def ms_deform_attn_backward(
+    grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+):
     with torch.enable_grad():
         inputs = [t.detach().requires_grad_(True) for t in (value, sampling_locations, attention_weights)]
         out = ms_deform_attn(inputs[0], spatial_shapes, level_start_index, inputs[1], inputs[2])
@@ -113,7 +125,7 @@ def ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_inde
 
 
 def _masked_logits(vision, text, text_token_mask, bias, scale):
-    dtype = _compute_dtype(vision.dtype)
+    dtype = accumulate_dtype(vision.dtype)
     logits = torch.matmul(vision.to(dtype), text.to(dtype).transpose(-1, -2)) * scale + bias.to(dtype)
     return logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
 

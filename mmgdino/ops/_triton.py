@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import _library
+from ._checks import accumulate_dtype
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 
@@ -29,7 +30,7 @@ def _load_kernels():
         spec.submodule_search_locations = [str(folder)]
         package = importlib.util.module_from_spec(spec)
         sys.modules["mmgdino.kernels"] = package
-        setattr(sys.modules["mmgdino"], "kernels", package)
+        sys.modules["mmgdino"].kernels = package
         return package
 
 
@@ -65,8 +66,14 @@ if _error is None:
         out = value.new_empty((batch, sampling_locations.shape[1], num_heads * head_dim))
         if out.numel() > 0:
             _msda_kernels.ms_deform_attn_fwd(
-                wrap_triton, value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
-                sampling_locations.contiguous(), attention_weights.contiguous(), out, interpret=_INTERPRET,
+                wrap_triton,
+                value.contiguous(),
+                spatial_shapes.contiguous(),
+                level_start_index.contiguous(),
+                sampling_locations.contiguous(),
+                attention_weights.contiguous(),
+                out,
+                interpret=_INTERPRET,
             )
         return out
 
@@ -84,22 +91,34 @@ if _error is None:
                 "mmgdino.ms_deform_attn_backward (Triton) scatters grad_value with atomics and is not deterministic; "
                 "use backend='cpu' or 'torch', or torch.use_deterministic_algorithms(True, warn_only=True)"
             )
-        acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-        grad_value = torch.zeros(value.shape, dtype=acc_dtype, device=value.device)
+        grad_value = torch.zeros(value.shape, dtype=accumulate_dtype(value.dtype), device=value.device)
         # Fresh contiguous buffers (zeros_like would copy an input's strides; the kernels index densely).
         grad_loc = sampling_locations.new_zeros(sampling_locations.shape)
         grad_attn = attention_weights.new_zeros(attention_weights.shape)
         if grad_loc.numel() > 0 and value.numel() > 0:
             _msda_kernels.ms_deform_attn_bwd(
-                wrap_triton, grad_output.contiguous(), value.contiguous(), spatial_shapes.contiguous(),
-                level_start_index.contiguous(), sampling_locations.contiguous(), attention_weights.contiguous(),
-                grad_value, grad_loc, grad_attn, interpret=_INTERPRET,
+                wrap_triton,
+                grad_output.contiguous(),
+                value.contiguous(),
+                spatial_shapes.contiguous(),
+                level_start_index.contiguous(),
+                sampling_locations.contiguous(),
+                attention_weights.contiguous(),
+                grad_value,
+                grad_loc,
+                grad_attn,
+                interpret=_INTERPRET,
             )
         return grad_value.to(value.dtype), grad_loc, grad_attn
 
     _library.register_ms_deform_attn_autograd(
         "mmgdino::ms_deform_attn_triton", torch.ops.mmgdino.ms_deform_attn_backward_triton
     )
+
+    def _run_contrastive(kernel, vision, text, text_token_mask, bias, scale, out):
+        if out.numel() > 0:
+            kernel(wrap_triton, vision.contiguous(), text.contiguous(), text_token_mask.contiguous(), bias, scale, out)
+        return out
 
     @triton_op("mmgdino::contrastive_logits_triton", mutates_args=())
     def contrastive_logits_triton(
@@ -110,14 +129,9 @@ if _error is None:
         scale: float,
         max_text_len: int,
     ) -> torch.Tensor:
-        dtype = torch.float64 if vision.dtype == torch.float64 else torch.float32
-        out = vision.new_empty((vision.shape[0], vision.shape[1], max_text_len), dtype=dtype)
-        if out.numel() > 0:
-            _contrastive_kernels.contrastive_logits_fwd(
-                wrap_triton, vision.contiguous(), text.contiguous(), text_token_mask.contiguous(),
-                bias, scale, out,
-            )
-        return out
+        out = vision.new_empty((vision.shape[0], vision.shape[1], max_text_len), dtype=accumulate_dtype(vision.dtype))
+        return _run_contrastive(_contrastive_kernels.contrastive_logits_fwd, vision, text, text_token_mask, bias, scale,
+                                out)  # fmt: skip
 
     _library.register_contrastive_logits_autograd("mmgdino::contrastive_logits_triton")
 
@@ -125,14 +139,9 @@ if _error is None:
     def contrastive_max_triton(
         vision: torch.Tensor, text: torch.Tensor, text_token_mask: torch.Tensor, bias: torch.Tensor, scale: float
     ) -> torch.Tensor:
-        dtype = torch.float64 if vision.dtype == torch.float64 else torch.float32
-        out = vision.new_empty(vision.shape[:2], dtype=dtype)
-        if out.numel() > 0:
-            _contrastive_kernels.contrastive_max_fwd(
-                wrap_triton, vision.contiguous(), text.contiguous(), text_token_mask.contiguous(),
-                bias, scale, out,
-            )
-        return out
+        out = vision.new_empty(vision.shape[:2], dtype=accumulate_dtype(vision.dtype))
+        return _run_contrastive(_contrastive_kernels.contrastive_max_fwd, vision, text, text_token_mask, bias, scale,
+                                out)  # fmt: skip
 
     # The Triton ops share the fake kernels of the compiled ones: the interpreter would otherwise run the kernel
     # body on fake tensors.

@@ -1,22 +1,19 @@
 """mmgdino.ops.contrastive_logits / contrastive_max: the MM Grounding DINO / Grounding DINO class head."""
 
+import math
+
 import torch
 
-from . import _backends, _checks, _torch_impl
-from ._library import default_scale
-
-
-def _bias_tensor(bias, like):
-    if isinstance(bias, torch.Tensor):
-        return bias
-    # A device-side fill, not a host-to-device copy, so a Python float costs no transfer.
-    return like.new_full((), float(bias), dtype=_checks.logits_dtype(like.dtype))
+from . import _backends, _checks
 
 
 def _prepare(vision, text, text_token_mask, bias, scale):
-    bias = _bias_tensor(bias, vision)
+    if not isinstance(bias, torch.Tensor):
+        # A device-side fill, not a host-to-device copy, so a Python float costs no transfer.
+        bias = vision.new_full((), float(bias), dtype=_checks.accumulate_dtype(vision.dtype))
     _checks.check_contrastive(vision, text, text_token_mask, bias)
-    scale = default_scale(vision.shape[-1]) if scale is None else float(scale)
+    # MM Grounding DINO's scale; Grounding DINO passes scale=1.
+    scale = 1.0 / math.sqrt(vision.shape[-1]) if scale is None else float(scale)
     return bias, scale
 
 
@@ -39,12 +36,8 @@ def contrastive_logits(vision, text, text_token_mask, *, bias=0.0, scale=None, m
         raise ValueError(
             f"mmgdino.contrastive_logits: max_text_len ({max_text_len}) must be at least num_tokens ({text.shape[1]})"
         )
-    chosen = _backends.select_backend("contrastive_logits", backend, vision.device)
-    if chosen == "torch":
-        return _torch_impl.contrastive_logits(vision, text, text_token_mask, bias, scale, max_text_len)
-    if chosen == "triton":
-        return torch.ops.mmgdino.contrastive_logits_triton(vision, text, text_token_mask, bias, scale, max_text_len)
-    return torch.ops.mmgdino.contrastive_logits(vision, text, text_token_mask, bias, scale, max_text_len)
+    kernel = _backends.kernel_for("contrastive_logits", backend, vision.device)
+    return kernel(vision, text, text_token_mask, bias, scale, max_text_len)
 
 
 def contrastive_max(vision, text, text_token_mask, *, bias=0.0, scale=None, backend=None):
@@ -55,9 +48,5 @@ def contrastive_max(vision, text, text_token_mask, *, bias=0.0, scale=None, back
     bias, scale = _prepare(vision, text, text_token_mask, bias, scale)
     if scale <= 0:
         raise ValueError(f"mmgdino.contrastive_max: scale must be positive, got {scale}")
-    chosen = _backends.select_backend("contrastive_max", backend, vision.device)
-    if chosen == "torch":
-        return _torch_impl.contrastive_max(vision, text, text_token_mask, bias, scale)
-    if chosen == "triton":
-        return torch.ops.mmgdino.contrastive_max_triton(vision, text, text_token_mask, bias, scale)
-    return torch.ops.mmgdino.contrastive_max(vision, text, text_token_mask, bias, scale)
+    kernel = _backends.kernel_for("contrastive_max", backend, vision.device)
+    return kernel(vision, text, text_token_mask, bias, scale)

@@ -2,7 +2,7 @@
 
 import torch
 
-from . import _backends, _checks, _torch_impl
+from . import _backends, _checks
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *, backend=None):
@@ -24,11 +24,5 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     if spatial_shapes.device.type == "cpu" and not torch.compiler.is_compiling():
         # Reading a host tensor costs nothing; device kernels bounds-guard instead of syncing to check.
         _checks.check_level_extents(spatial_shapes, level_start_index, dims[1])
-    chosen = _backends.select_backend("ms_deform_attn", backend, value.device)
-    if chosen == "torch":
-        return _torch_impl.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if chosen == "triton":
-        return torch.ops.mmgdino.ms_deform_attn_triton(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-    return torch.ops.mmgdino.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    kernel = _backends.kernel_for("ms_deform_attn", backend, value.device)
+    return kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

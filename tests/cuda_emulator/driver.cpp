@@ -201,11 +201,16 @@ int main(int argc, char** argv) {
   const DType dtype = dtype_of(g_args.at("dtype"), &elem, &acc_elem);
   const std::string op = g_args.at("op");
   int status = 2;
-  if (op == "ms_deform_attn_forward") status = run_msda(false, dtype, elem, acc_elem);
-  else if (op == "ms_deform_attn_backward") status = run_msda(true, dtype, elem, acc_elem);
-  else if (op == "contrastive_logits") status = run_contrastive(false, dtype, elem, acc_elem);
-  else if (op == "contrastive_max") status = run_contrastive(true, dtype, elem, acc_elem);
-  else fprintf(stderr, "unknown op %s\n", op.c_str());
+  if (op == "ms_deform_attn_forward")
+    status = run_msda(false, dtype, elem, acc_elem);
+  else if (op == "ms_deform_attn_backward")
+    status = run_msda(true, dtype, elem, acc_elem);
+  else if (op == "contrastive_logits")
+    status = run_contrastive(false, dtype, elem, acc_elem);
+  else if (op == "contrastive_max")
+    status = run_contrastive(true, dtype, elem, acc_elem);
+  else
+    fprintf(stderr, "unknown op %s\n", op.c_str());
   for (Buffer& b : g_buffers) free(b.base);
   return status;
 }

@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
     std::vector<float> in(blocks * threads), out(blocks * threads, -1.0f);
     for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 7);
     for (int width : {32, 8, 2}) {
-      if (int s = check(simt::launch(group_sums, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(), width)))
+      if (int s =
+              check(simt::launch(group_sums, dim3(blocks), dim3(threads), 0, nullptr, in.data(), out.data(), width)))
         return s;
       for (int g = 0; g < blocks * threads / width; ++g) printf("%d %g\n", width, out[g]);
     }
@@ -83,7 +84,8 @@ int main(int argc, char** argv) {
   if (!strcmp(which, "read_one_past")) {
     float* in = static_cast<float*>(malloc(32 * sizeof(float)));
     for (int i = 0; i < 32; ++i) in[i] = 0.0f;
-    const int s = check(simt::launch(read_one_past, dim3(1), dim3(32), 0, nullptr, static_cast<const float*>(in), out.data()));
+    const int s =
+        check(simt::launch(read_one_past, dim3(1), dim3(32), 0, nullptr, static_cast<const float*>(in), out.data()));
     free(in);
     return s;
   }

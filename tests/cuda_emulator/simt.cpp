@@ -201,8 +201,7 @@ bool run_block(Block& b) {
 void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* context) {
   if (g_error != cudaSuccess) return;
   const int threads = static_cast<int>(block.x * block.y * block.z);
-  if (threads <= 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
-      grid.z > 65535) {
+  if (threads <= 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
     g_error = cudaErrorInvalidValue;  // what a real launch answers for a bad configuration
     g_message = "invalid launch configuration";
     return;

@@ -12,7 +12,7 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 
 struct MsdaForwardArgs {
   DType dtype;
-  const void* value;             // (batch, num_values, num_heads, head_dim), contiguous
+  const void* value;              // (batch, num_values, num_heads, head_dim), contiguous
   const int64_t* spatial_shapes;  // (num_levels, 2) on the device
   const int64_t* level_start_index;
   const void* sampling_locations;  // (batch, num_queries, num_heads, num_levels, num_points, 2)
@@ -22,7 +22,7 @@ struct MsdaForwardArgs {
 };
 
 struct MsdaBackwardArgs {
-  MsdaForwardArgs fwd;  // `output` unused
+  MsdaForwardArgs fwd;            // `output` unused
   const void* grad_output;        // (batch, num_queries, num_heads * head_dim), value's dtype
   void* grad_value_acc;           // float32 (float64 for float64 inputs), zero-initialized, value's shape
   void* grad_sampling_locations;  // value's dtype, fully written
@@ -35,10 +35,10 @@ cudaError_t ms_deform_attn_backward(const MsdaBackwardArgs& args, cudaStream_t s
 
 struct ContrastiveArgs {
   DType dtype;
-  const void* vision;  // (batch, num_rows, dim), contiguous
-  const void* text;    // (batch, num_tokens, dim), contiguous
+  const void* vision;           // (batch, num_rows, dim), contiguous
+  const void* text;             // (batch, num_tokens, dim), contiguous
   const bool* text_token_mask;  // (batch, num_tokens)
-  const void* bias;    // 0-dim, float32 (float64 for float64 inputs): read on the device, no host sync
+  const void* bias;             // 0-dim, float32 (float64 for float64 inputs): read on the device, no host sync
   double scale;
   void* output;  // float32 (float64 for float64 inputs): (batch, num_rows, max_text_len) or (batch, num_rows)
   int64_t batch, num_rows, num_tokens, dim, max_text_len;

@@ -24,6 +24,12 @@ inline MsdaInputs contiguous_inputs(const at::Tensor& value, const at::Tensor& s
 struct MsdaGrads {
   at::Tensor value_acc, sampling_locations, attention_weights;
 
+  // Nothing to sample (no queries, points or channels): the kernels do not run, the gradients are zero.
+  void zero_point_grads() {
+    sampling_locations.zero_();
+    attention_weights.zero_();
+  }
+
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(at::ScalarType value_dtype) const {
     auto grad_value = value_acc.scalar_type() == value_dtype ? value_acc : value_acc.to(value_dtype);
     return {grad_value, sampling_locations, attention_weights};

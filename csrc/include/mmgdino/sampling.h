@@ -55,7 +55,7 @@ MMGDINO_HD bool resolve_taps(coord_t loc_x, coord_t loc_y, int64_t height, int64
   taps.frac_h = lh;
   taps.frac_w = lw;
   const coord_t corner_weight[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-MMGDINO_UNROLL
+  MMGDINO_UNROLL
   for (int k = 0; k < 4; ++k) {
     const int64_t h = h0 + (k >> 1);
     const int64_t w = w0 + (k & 1);

@@ -1,5 +1,4 @@
-"""Operator benchmarks: every backend available here against transformers' PyTorch code, side by side in one
-process, medians, with the relative error against a float64 reference. Writes JSON plus a markdown table.
+"""The benchmark cases and suites: operators against transformers' PyTorch code, and the model end to end.
 
 Cases follow MM Grounding DINO tiny at an 800x1333 input: four levels (100,167), (50,84), (25,42), (13,21),
 8 heads x 32 channels, 4 points; the encoder samples from every pixel (22,223 queries), the decoder from 900
@@ -9,18 +8,14 @@ trained model produces, not uniform noise over the whole map.
 
 import dataclasses
 import importlib
-import json
 import math
-import platform
-import statistics
-import subprocess
-import time
-from pathlib import Path
 
 import torch
 
-from . import ops
-from .ops import _torch_impl
+from .. import ops
+from ..environment import describe_device, git_commit, versions
+from ..ops import _torch_impl
+from .timing import copy_bandwidth_gbs, median_ms, msda_forward_bytes, rel_err
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
 HEADS, HEAD_DIM, POINTS, D_MODEL = 8, 32, 4, 256
@@ -91,73 +86,6 @@ def contrastive_inputs(case, batch, dtype, device, seed=0):
     return vision, text, mask.to(device)
 
 
-# ------------------------------------------------------------------ timing
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-_L2_FLUSH = {}
-
-
-def _flush_l2(device):
-    """Overwrite a buffer twice the size of the L2 cache, so each timed call reads its inputs from DRAM as a
-    model's layer would, instead of from a cache warmed by the previous repetition."""
-    buf = _L2_FLUSH.get(device)
-    if buf is None:
-        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20) or (64 << 20)
-        buf = _L2_FLUSH[device] = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
-    buf.zero_()
-
-
-def median_ms(fn, device, repeats, warmup=1):
-    """Median time of one call. On CUDA: device events around the call, with L2 flushed before it and the GPU
-    kept busy (a short spin) while Python enqueues it, so the number is the GPU's time, not Python's launch
-    overhead; for a chain of many small kernels the CPU still shows where it is the bottleneck."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            _flush_l2(device)
-            torch.cuda._sleep(200_000)  # ~0.1 ms at 1.8 GHz: covers the Python dispatch of one op
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def copy_bandwidth_gbs(device, nbytes=1 << 30):
-    """Device-to-device copy rate, bytes read plus bytes written per second: the practical DRAM ceiling."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), device, 10)
-    return 2 * nbytes / ms / 1e6
-
-
-def msda_forward_bytes(value, loc, attn):
-    """The fewest bytes an MSDA forward moves: every input read once, the output written once."""
-    out_bytes = loc.shape[0] * loc.shape[1] * value.shape[2] * value.shape[3] * value.element_size()
-    return sum(t.numel() * t.element_size() for t in (value, loc, attn)) + out_bytes
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    finite = torch.isfinite(ref)
-    out, ref = out[finite], ref[finite]
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
 # ------------------------------------------------------------------ transformers baselines
 
 
@@ -183,7 +111,8 @@ def transformers_contrastive(dtype, device):
 
 
 def load_peer(spec):
-    """'module:function' -> callable(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)."""
+    """'module:function' -> callable(value, spatial_shapes, level_start_index, sampling_locations,
+    attention_weights)."""
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise ValueError(f"--peer wants module:function, got {spec!r}")
@@ -221,8 +150,22 @@ def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backwa
             _skip_failed_peer(name, f"forward {case} {dname}", exc)
             runners.pop(name)
             continue
-        rows.append(Row("ms_deform_attn", "forward", case, batch, dname, name, ms, "transformers", base_ms,
-                        base_ms / ms, rel_err(out, reference), nbytes / ms / 1e6))
+        rows.append(
+            Row(
+                "ms_deform_attn",
+                "forward",
+                case,
+                batch,
+                dname,
+                name,
+                ms,
+                "transformers",
+                base_ms,
+                base_ms / ms,
+                rel_err(out, reference),
+                nbytes / ms / 1e6,
+            )
+        )
     del reference
     if not with_backward:
         return rows
@@ -248,8 +191,21 @@ def _msda_rows(case, batch, dtype, device, repeats, backends, peers, with_backwa
             _skip_failed_peer(name, f"backward {case} {dname}", exc)
             continue
         err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
-        rows.append(Row("ms_deform_attn", "backward", case, batch, dname, name, ms, "transformers autograd", base_ms,
-                        base_ms / ms, err))
+        rows.append(
+            Row(
+                "ms_deform_attn",
+                "backward",
+                case,
+                batch,
+                dname,
+                name,
+                ms,
+                "transformers autograd",
+                base_ms,
+                base_ms / ms,
+                err,
+            )
+        )
     return rows
 
 
@@ -265,15 +221,16 @@ def _contrastive_rows(case, batch, dtype, device, repeats, backends):
         base_full = median_ms(lambda: module(vision, text, mask), device, repeats)
         base_max = median_ms(lambda: module(vision, text, mask).max(-1).values, device, repeats)
         rows = []
+        suites = (
+            ("contrastive_logits", ops.contrastive_logits, "transformers", base_full, ref),
+            ("contrastive_max", ops.contrastive_max, "transformers + max(-1)", base_max, ref_max),
+        )
         for b in backends:
-            out = ops.contrastive_logits(vision, text, mask, bias=bias, backend=b)
-            ms = median_ms(lambda: ops.contrastive_logits(vision, text, mask, bias=bias, backend=b), device, repeats)
-            rows.append(Row("contrastive_logits", "forward", case, batch, dname, b, ms, "transformers", base_full,
-                            base_full / ms, rel_err(out, ref)))
-            out = ops.contrastive_max(vision, text, mask, bias=bias, backend=b)
-            ms = median_ms(lambda: ops.contrastive_max(vision, text, mask, bias=bias, backend=b), device, repeats)
-            rows.append(Row("contrastive_max", "forward", case, batch, dname, b, ms, "transformers + max(-1)",
-                            base_max, base_max / ms, rel_err(out, ref_max)))
+            for op_name, op, baseline, base_ms, reference in suites:
+                out = op(vision, text, mask, bias=bias, backend=b)
+                ms = median_ms(lambda: op(vision, text, mask, bias=bias, backend=b), device, repeats)
+                rows.append(Row(op_name, "forward", case, batch, dname, b, ms, baseline, base_ms, base_ms / ms,
+                                rel_err(out, reference)))  # fmt: skip
     return rows
 
 
@@ -304,8 +261,10 @@ def _compare(ours, reference):
     finite = torch.isfinite(reference.logits[same])
     if not torch.equal(torch.isfinite(ours.logits[same]), finite):
         return float("inf"), int((~same).sum())
-    err = max(rel_err(ours.logits[same][finite], reference.logits[same][finite]),
-              rel_err(ours.pred_boxes[same], reference.pred_boxes[same]))
+    err = max(
+        rel_err(ours.logits[same][finite], reference.logits[same][finite]),
+        rel_err(ours.pred_boxes[same], reference.pred_boxes[same]),
+    )
     return err, int((~same).sum())
 
 
@@ -320,53 +279,70 @@ def _peak_mb(device, fn):
     return out, torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def _end_to_end_batch(device, case, batch, dtypes, repeats, log, height, width):
+    """One batch size: transformers eager, patched, then mmgdino's model (transformers' copy freed first)."""
+    from ..modeling import MMGroundingDinoForObjectDetection
+    from ..patching import patch, unpatch
+
+    rows = []
+
+    def add(dtype, backend, ms, baseline, base_ms, err, peak):
+        rows.append(Row("model", "forward", case, batch, dtype, backend, ms, baseline, base_ms, base_ms / ms, err,
+                        peak_mb=peak))  # fmt: skip
+
+    model, inputs = tiny_model_and_inputs(device, height=height, width=width, batch=batch)
+    with torch.no_grad():
+        reference, base_peak = _peak_mb(device, lambda: model(**inputs))
+        base_ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)  # the call above warmed up
+        add("float32", "transformers eager", base_ms, "transformers eager", base_ms, 0.0, base_peak)
+        patch(model)
+        try:
+            patched, peak = _peak_mb(device, lambda: model(**inputs))
+            ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)
+        finally:
+            unpatch(model)
+        err, swapped = _compare(patched, reference)
+        log(f"  mmgdino.patch: {swapped} of {patched.logits.shape[1] * batch} proposals swapped at the top-k boundary")
+        add("float32", "mmgdino.patch", ms, "transformers eager", base_ms, err, peak)
+        ours = MMGroundingDinoForObjectDetection.from_transformers(model)
+        model = None  # transformers' copy freed before ours is timed
+        for dtype in dtypes:
+            ours = ours.to(dtype)
+            cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+            out, peak = _peak_mb(device, lambda: ours(**cast))
+            ms = median_ms(lambda: ours(**cast), device, repeats, warmup=0)
+            err, swapped = _compare(out, reference)
+            log(f"  mmgdino model {dtype}: {swapped} proposals swapped at the top-k boundary")
+            add(str(dtype).replace("torch.", ""), "mmgdino model", ms, "transformers eager float32", base_ms, err, peak)
+    return rows
+
+
 def run_end_to_end(device=None, repeats=3, log=print, batches=None, dtypes=None, height=800, width=1333):
     """End-to-end latency of the tiny model: transformers eager (float32, the baseline), the same model after
     mmgdino.patch, and mmgdino's own model holding the same weights (in each of `dtypes`). Default: batch 1 and
     float32 on the CPU; batches 1 and 8, float32 and bfloat16 on a GPU, with peak memory."""
-    from .modeling import MMGroundingDinoForObjectDetection
-    from .patching import patch, unpatch
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batches = batches or ((1,) if device.type == "cpu" else (1, 8))
     dtypes = dtypes or ([torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16])
     rows = []
     case = f"mm_grounding_dino_tiny {height}x{width}"
     for batch in batches:
-        model, inputs = tiny_model_and_inputs(device, height=height, width=width, batch=batch)
         log(f"end to end: MM Grounding DINO tiny, {height}x{width}, batch {batch}")
-        with torch.no_grad():
-            reference, base_peak = _peak_mb(device, lambda: model(**inputs))
-            base_ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)  # the call above warmed up
-            rows.append(Row("model", "forward", case, batch, "float32", "transformers eager", base_ms,
-                            "transformers eager", base_ms, 1.0, 0.0, peak_mb=base_peak))
-            patch(model)
-            try:
-                patched, peak = _peak_mb(device, lambda: model(**inputs))
-                ms = median_ms(lambda: model(**inputs), device, repeats, warmup=0)
-            finally:
-                unpatch(model)
-            err, swapped = _compare(patched, reference)
-            log(f"  mmgdino.patch: {swapped} of {patched.logits.shape[1] * batch} proposals swapped at the top-k boundary")
-            rows.append(Row("model", "forward", case, batch, "float32", "mmgdino.patch", ms, "transformers eager",
-                            base_ms, base_ms / ms, err, peak_mb=peak))
-            ours = MMGroundingDinoForObjectDetection.from_transformers(model)
-            del model
-            for dtype in dtypes:
-                ours = ours.to(dtype)
-                cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-                out, peak = _peak_mb(device, lambda: ours(**cast))
-                ms = median_ms(lambda: ours(**cast), device, repeats, warmup=0)
-                err, swapped = _compare(out, reference)
-                log(f"  mmgdino model {dtype}: {swapped} proposals swapped at the top-k boundary")
-                rows.append(Row("model", "forward", case, batch, str(dtype).replace("torch.", ""), "mmgdino model", ms,
-                                "transformers eager float32", base_ms, base_ms / ms, err, peak_mb=peak))
-            del ours, reference
+        rows += _end_to_end_batch(device, case, batch, dtypes, repeats, log, height, width)
     return rows
 
 
-def run_ops(device=None, dtypes=None, quick=False, repeats=None, peers=(), backends=None, log=print,
-            end_to_end=True, ops_cases=True):
+def run_ops(
+    device=None,
+    dtypes=None,
+    quick=False,
+    repeats=None,
+    peers=(),
+    backends=None,
+    log=print,
+    end_to_end=True,
+    ops_cases=True,
+):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtypes is None:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
@@ -384,110 +360,19 @@ def run_ops(device=None, dtypes=None, quick=False, repeats=None, peers=(), backe
         for case in ("encoder", "decoder"):
             for batch in batches:
                 log(f"ms_deform_attn {case} batch={batch} {dtype}")
-                rows += _msda_rows(case, batch, dtype, device, repeats, usable("ms_deform_attn"), peer_fns,
-                                   with_backward=True)
+                rows += _msda_rows(
+                    case, batch, dtype, device, repeats, usable("ms_deform_attn"), peer_fns, with_backward=True
+                )
                 log(f"contrastive {case} batch={batch} {dtype}")
                 rows += _contrastive_rows(case, batch, dtype, device, repeats, usable("contrastive_logits"))
     if end_to_end:
         rows += run_end_to_end(device, repeats=2 if quick else 3, log=log, batches=(1,) if quick else None)
-    report = {"device": describe_device(device), "commit": git_commit(), "versions": versions(),
-              "results": [r.to_json() for r in rows]}
+    report = {
+        "device": describe_device(device),
+        "commit": git_commit(),
+        "versions": versions(),
+        "results": [r.to_json() for r in rows],
+    }
     if device.type == "cuda":
         report["copy_gbs"] = copy_bandwidth_gbs(device)
     return report
-
-
-# ------------------------------------------------------------------ reporting
-
-
-def describe_device(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = torch.get_num_threads()
-    return f"CPU: {platform.processor() or platform.machine()} ({cores} threads)"
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-def versions():
-    found = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("triton", "transformers"):
-        try:
-            found[name] = importlib.import_module(name).__version__
-        except ImportError:
-            found[name] = None
-    return found
-
-
-def markdown_table(report):
-    lines = [
-        f"Device: {report['device']}  ",
-        f"Commit: {report['commit']}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
-    ]
-    if "copy_gbs" in report:
-        lines.append(f"Device-to-device copy: {report['copy_gbs']:.0f} GB/s (read + write); GB/s below counts each "
-                     "MSDA forward input read once and the output written once  ")
-    lines += [
-        "",
-        "| op | pass | case | batch | dtype | backend | ms | baseline | baseline ms | speedup | rel err | GB/s | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        gbs = "" if r.get("gbs") is None else f"{r['gbs']:.0f}"
-        peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
-        lines.append(
-            f"| {r['op']} | {r['pass']} | {r['case']} | {r['batch']} | {r['dtype']} | {r['backend']} | "
-            f"{r['median_ms']:.4f} | {r['baseline']} | {r['baseline_ms']:.3f} | {r['speedup']:.1f}x | "
-            f"{r['rel_err']:.1e} | {gbs} | {peak} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown_table(report))
-    return path.with_suffix(".json"), path.with_suffix(".md")
-
-
-def plot_report(report, path):
-    """A PNG bar chart of every row's speedup over its baseline (log scale), next to the JSON and markdown."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install matplotlib (or mmgdino[plot])") from exc
-    rows = report["results"]
-    names = [f"{r['op']} {r['pass']} {r['case']} b{r['batch']} {r['dtype']} [{r['backend']}]" for r in rows]
-    speedups = [r["speedup"] for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.4))
-    colors = ["#2a7ab0" if s >= 1 else "#c0392b" for s in speedups]
-    ax.barh(range(len(rows)), speedups, color=colors)
-    ax.set_yticks(range(len(rows)), names, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlim(min(0.5, min(speedups) / 1.5), max(speedups) * 2.5)
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    for i, s in enumerate(speedups):
-        ax.text(s, i, f" {s:.1f}x", va="center", fontsize=7)
-    ax.set_xlabel("speedup over the baseline (transformers' PyTorch code), log scale")
-    ax.set_title(f"mmgdino on {report['device']} (commit {report['commit']})", fontsize=9)
-    fig.tight_layout()
-    path = Path(path).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
