@@ -109,6 +109,16 @@ void check_level_extents_on_host(const at::Tensor& spatial_shapes, const at::Ten
                       ", ", start[l] + h * w, ") of value, which has num_values = ", num_values,
                       " rows; spatial_shapes and level_start_index must fit inside value");
   }
+  // The table flattening produces: each start the running sum of the areas before it, value exactly that long.
+  int64_t total = 0;
+  for (int64_t l = 0; l < shapes.size(0); ++l) {
+    TORCH_CHECK_VALUE(start[l] == total, op, ": level_start_index[", l, "] = ", start[l],
+                      ", but the levels before it hold ", total,
+                      " rows; it must be the running sum of height * width over spatial_shapes");
+    total += hw[2 * l] * hw[2 * l + 1];
+  }
+  TORCH_CHECK_VALUE(num_values == total, op, ": value has num_values = ", num_values, " rows but spatial_shapes cover ",
+                    total, "; they must be equal");
 }
 
 ContrastiveDims check_contrastive_args(const at::Tensor& vision, const at::Tensor& text,

@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
 from .detector import Detector  # noqa: E402
+from .errors import ImageReadError, MmgdinoError, UsageError  # noqa: E402
+from .interop import to_supervision  # noqa: E402
 from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError  # noqa: E402
 from .ops import available_backends, contrastive_logits, contrastive_max, ms_deform_attn  # noqa: E402
 from .patching import is_patched, patch, unpatch  # noqa: E402
@@ -15,6 +17,10 @@ __all__ = [
     "contrastive_max",
     "ms_deform_attn",
     "Detector",
+    "MmgdinoError",
+    "UsageError",
+    "ImageReadError",
+    "to_supervision",
     "MMGroundingDinoForObjectDetection",
     "ModelLoadError",
     "patch",

@@ -1,12 +1,17 @@
-"""The `mmgdino` command: `detect` (images -> JSON Lines), `bench` (speed and agreement against transformers) and
+"""The `mmgdino` command: `detect` (images -> JSON Lines or COCO),
+`bench` (speed and agreement against transformers) and
 `info` (versions, backends)."""
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
+
+from .errors import MmgdinoError, UsageError
+from .images import IMAGE_SUFFIXES
 
 
 def _info(args):
@@ -47,6 +52,13 @@ def _info(args):
 def _bench(args):
     from mmgdino import bench
 
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install matplotlib (or mmgdino[plot])") from None
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else None
     report = bench.run_ops(
         device=args.device,
@@ -66,31 +78,67 @@ def _bench(args):
     return 0
 
 
-def _image_paths(inputs):
-    from .detector import IMAGE_SUFFIXES
+# ------------------------------------------------------------------ detect
 
+
+def _image_paths(inputs):
+    """(path, root) for every image: files as given, folders searched recursively; a missing input is an error."""
     paths = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [(p, path) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        elif path.exists():
+            paths.append((path, path.parent))
         else:
-            paths.append(path)
+            raise UsageError(f"{item}: no such file or directory")
     return paths
 
 
-def _already_done(out):
-    done = set()
-    if out and Path(out).exists():
-        for line in Path(out).read_text().splitlines():
-            try:
-                done.add(json.loads(line)["image"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by an interrupted run: that image runs again
-    return done
+def _read_manifest(path):
+    """[(image path, [labels])] from a JSON Lines file ({"image": ..., "labels": [...]}) or a CSV file with an
+    `image` and a `labels` column (labels separated by ";"). Relative image paths are relative to the manifest."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--manifest {path}: no such file")
+    rows = []
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    rows.append((row["image"], [x for x in row["labels"].split(";") if x.strip()]))
+        else:
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    rows.append((row["image"], row["labels"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"--manifest {path}: each entry needs an image and its labels ({exc})") from None
+    if not rows:
+        raise UsageError(f"--manifest {path}: no entries")
+    return [(path.parent / image, labels) for image, labels in rows]
 
 
-def _draw(path, image, detections, out_dir):
+def _check_writable_file(option, value):
+    folder = Path(value).resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {value}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {value}: folder {folder} is not writable")
+
+
+def _check_draw_folder(value):
+    try:
+        Path(value).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--draw {value}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(value, os.W_OK):
+        raise UsageError(f"--draw {value}: folder is not writable")
+
+
+def _draw(image, detections, target):
     from PIL import ImageDraw
 
     canvas = image.copy()
@@ -98,89 +146,185 @@ def _draw(path, image, detections, out_dir):
     for det in detections:
         draw.rectangle(det["box"], outline=(255, 64, 0), width=max(2, round(min(image.size) / 300)))
         draw.text((det["box"][0] + 3, det["box"][1] + 2), f"{det['label']} {det['score']:.2f}", fill=(255, 64, 0))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_dir / path.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(target)
 
 
-def _detect(args):
-    from .detector import DEFAULT_MODEL, Detector, ImageReadError, load_image
-    from .modeling import ModelLoadError
+def _drawing_paths(keys, draw_dir):
+    """Each image's drawing mirrors its path below the common folder of all inputs: no two collide."""
+    if not keys:
+        return {}
+    root = Path(os.path.commonpath([str(Path(k).parent) for k in keys]))
+    return {k: Path(draw_dir) / Path(k).relative_to(root) for k in keys}
 
-    paths = _image_paths(args.images)
-    done = _already_done(args.out)
-    todo = [p for p in paths if str(p) not in done]
-    if not paths:
-        print("mmgdino detect: no images found", file=sys.stderr)
-        return 2
-    if not todo:
-        print(f"mmgdino detect: all {len(paths)} images are already in {args.out}", file=sys.stderr)
-        return 0
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    try:
-        detector = Detector(args.model or DEFAULT_MODEL, device=args.device, dtype=dtype)
-    except (ModelLoadError, ValueError) as exc:
-        print(f"mmgdino detect: {exc}", file=sys.stderr)
-        return 2
-    sink = open(args.out, "a") if args.out else sys.stdout
-    failures = 0
+
+def _check_detect_args(args):
+    """Every usage mistake, before the model loads: one line each."""
+    from .detector import check_device_and_dtype, check_thresholds, clean_labels
+
+    if (args.labels is None) == (args.manifest is None):
+        raise UsageError("give --labels (one vocabulary for every image) or --manifest (one per image), not both")
+    if args.manifest is None and not args.images:
+        raise UsageError("no images given")
+    if args.manifest is not None and args.images:
+        raise UsageError("with --manifest the images come from the manifest; give no image arguments")
+    check_thresholds(args.threshold, args.text_threshold, args.chunk_merge_iou)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_device_and_dtype(args.device, getattr(torch, args.dtype) if args.dtype else None)
+    if args.out:
+        _check_writable_file("--out", args.out)
+    elif args.format == "coco":
+        raise UsageError("--format coco needs --out FILE.json")
+    if args.draw:
+        _check_draw_folder(args.draw)
+    if args.manifest is not None:
+        entries = [(path, clean_labels(labels, where=f"labels of {path}")[0]) for path, labels in
+                   _read_manifest(args.manifest)]  # fmt: skip
+        for path, _ in entries:
+            if not path.is_file():
+                raise UsageError(f"--manifest: {path}: no such file")
+        return [(p, p.parent) for p, _ in entries], [labels for _, labels in entries]
+    labels, dropped = clean_labels(args.labels, where="--labels")
+    if dropped:
+        print(f"mmgdino detect: note: duplicate labels ignored: {', '.join(dropped)}", file=sys.stderr)
+    images = _image_paths(args.images)
+    if not images:
+        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    return images, [labels] * len(images)
+
+
+def _progress_bar(total):
     try:
         from tqdm import tqdm
     except ImportError:
+        return None
+    return tqdm(total=total, desc="detect", unit="img", disable=total < 2, file=sys.stderr)
 
-        def tqdm(x, **_):
-            return x
 
-    progress = tqdm(
-        range(0, len(todo), args.batch_size), desc="detect", unit="batch", disable=len(todo) < 2, file=sys.stderr
-    )
+def _detect(args):
+    from .detector import DEFAULT_CHUNK_MERGE_IOU, DEFAULT_MODEL, Detector
+    from .images import load_image
+    from .results import ResultStore, image_version, write_coco
+
+    if args.chunk_merge_iou is None and not args.no_chunk_merge:
+        args.chunk_merge_iou = DEFAULT_CHUNK_MERGE_IOU
+    images, vocabularies = _check_detect_args(args)
+    keys = [str(path.resolve()) for path, _ in images]
+    vocabulary_of = dict(zip(keys, vocabularies))  # the same image given twice (relative and absolute) is one
+    versions = {key: image_version(key) for key in vocabulary_of}
+    model = args.model or DEFAULT_MODEL
+    model_key = str(Path(model).resolve()) if Path(model).is_dir() else model
+    settings = {"model": model_key, "dtype": args.dtype or "float32", "threshold": args.threshold,
+                "text_threshold": args.text_threshold, "chunk_merge_iou": args.chunk_merge_iou,
+                "labels": list(vocabularies[0]) if args.manifest is None
+                else f"manifest {Path(args.manifest).resolve()}"}  # fmt: skip
+    store = None
+    if args.out:
+        records_path = Path(args.out) if args.format == "jsonl" else Path(str(args.out) + ".records.jsonl")
+        store = ResultStore(records_path, settings)
+        todo = store.open(versions)
+    else:
+        todo = list(versions)
+    drawings = _drawing_paths(list(versions), args.draw) if args.draw else {}
+    if not todo:
+        print(f"mmgdino detect: all {len(versions)} images are already in {args.out}", file=sys.stderr)
+    else:
+        detector = Detector(model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    failures = 0
+    progress = _progress_bar(len(todo)) if todo else None
     try:
-        for start in progress:
-            batch, images = [], []
-            for path in todo[start : start + args.batch_size]:
+        for start in range(0, len(todo), args.batch_size):
+            batch, pil = [], []
+            for key in todo[start : start + args.batch_size]:
                 try:
-                    images.append(load_image(path))
-                    batch.append(path)
-                except ImageReadError as exc:
+                    pil.append(load_image(key))
+                    batch.append(key)
+                except MmgdinoError as exc:
                     failures += 1
                     print(f"mmgdino detect: {exc}", file=sys.stderr)
-            if not images:
-                continue
-            results = detector.detect(
-                images,
-                args.labels,
-                threshold=args.threshold,
-                text_threshold=args.text_threshold,
-                batch_size=args.batch_size,
-            )
-            for path, image, detections in zip(batch, images, results):
-                # One line per detection; an image with none still gets a line, so a rerun skips it.
-                for det in detections or [{"label": None, "score": None, "box": None}]:
-                    sink.write(json.dumps({"image": str(path), **det}) + "\n")
-                sink.flush()
-                if args.draw:
-                    _draw(path, image, detections, Path(args.draw))
+            if batch:
+                results = detector.detect(pil, [vocabulary_of[k] for k in batch], threshold=args.threshold,
+                                          text_threshold=args.text_threshold, batch_size=args.batch_size,
+                                          chunk_merge_iou=args.chunk_merge_iou)  # fmt: skip
+                for key, image, detections in zip(batch, pil, results):
+                    if args.draw:  # the drawing first: a record never lacks its drawing
+                        _draw(image, detections, drawings[key])
+                    empty = {"label": None, "labels": [], "score": None, "box": None}
+                    records = [{"image": key, **det} for det in detections or [empty]]
+                    if store is None:
+                        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
+                        sys.stdout.flush()
+                    else:
+                        store.add(key, versions[key], records)
+            if progress is not None:
+                progress.update(len(todo[start : start + args.batch_size]))
     finally:
-        if sink is not sys.stdout:
-            sink.close()
+        if progress is not None:
+            progress.close()
+        if store is not None:
+            store.close()
+    if store is not None and args.format == "coco":
+        categories = list(dict.fromkeys(label for v in vocabularies for label in v))
+        out, ids = write_coco(store.all_records(), args.out, categories)
+        print(f"mmgdino detect: wrote {out} and {ids}", file=sys.stderr)
+    if failures:
+        print(f"mmgdino detect: {failures} of {len(todo)} images failed (named above)", file=sys.stderr)
     return 1 if failures else 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="mmgdino", description="Fast MM Grounding DINO")
+EXIT_CODES = """exit codes:
+  0    done
+  1    some images failed (each is named on its own line); the others were written
+  2    usage or setup error (bad option, missing file, model not found), reported before any work
+  130  interrupted (Ctrl-C); what was written is consistent: rerun the same command to finish
+
+Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="mmgdino", description="Fast MM Grounding DINO", epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also MMGDINO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    detect = sub.add_parser("detect", help="detect labelled objects in images; JSON Lines out")
-    detect.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
+    detect = sub.add_parser("detect", help="detect labelled objects in images; JSON Lines or COCO out",
+                            epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    detect.add_argument("images", nargs="*", help="image files or directories (searched recursively)")
+    detect.add_argument("--labels", nargs="+", help='what to find in every image, e.g. --labels "a cat" "a remote"')
+    detect.add_argument("--manifest", help="JSONL ({image, labels}) or CSV (image, labels separated by ';'): "
+                        "a vocabulary per image, instead of --labels and image arguments")  # fmt: skip
+    detect.add_argument("--model", default=None, help="hub id or local directory (default: MM Grounding DINO tiny "
+                        "from the Hugging Face Hub, or from its local cache)")  # fmt: skip
     detect.add_argument(
-        "--labels", nargs="+", required=True, help='what to find, e.g. --labels "a cat" "a remote control"'
+        "--threshold",
+        type=float,
+        default=0.3,
+        help="keep a box when its best token probability is >= this (default 0.3)",
     )
-    detect.add_argument("--model", default=None, help="hub id or local directory (default: MM Grounding DINO tiny)")
-    detect.add_argument("--threshold", type=float, default=0.3, help="box score threshold (default 0.3)")
-    detect.add_argument("--text-threshold", type=float, default=0.25, help="label score threshold (default 0.25)")
-    detect.add_argument("--device", default=None)
+    detect.add_argument(
+        "--text-threshold",
+        type=float,
+        default=0.25,
+        help="a label joins a box's `labels` when one of its tokens is >= this (default 0.25)",
+    )
+    detect.add_argument("--chunk-merge-iou", type=float, default=None,
+                        help="vocabularies split over several prompts: a box overlapping a better one of another "
+                        "prompt by this IoU is the same object, dropped (default 0.8)")  # fmt: skip
+    detect.add_argument("--no-chunk-merge", action="store_true", help="keep every prompt chunk's boxes")
+    detect.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     detect.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     detect.add_argument("--batch-size", type=int, default=1)
-    detect.add_argument("--out", default=None, help="append JSON Lines here; images already in it are skipped")
-    detect.add_argument("--draw", default=None, metavar="OUT_DIR", help="write annotated images here")
+    detect.add_argument("--out", default=None, help="write here (default: JSON Lines on stdout); a rerun with "
+                        "the same settings skips finished images")  # fmt: skip
+    detect.add_argument(
+        "--format",
+        choices=["jsonl", "coco"],
+        default="jsonl",
+        help="jsonl: one line per detection; coco: a COCO results array plus <out>.ids.json",
+    )
+    detect.add_argument(
+        "--draw", default=None, metavar="OUT_DIR", help="write annotated images here, mirroring the inputs' folders"
+    )
     detect.set_defaults(fn=_detect)
     info = sub.add_parser("info", help="versions, device, and which backends are built and available (and why not)")
     info.set_defaults(fn=_info)
@@ -194,25 +338,32 @@ def main(argv=None):
     )
     bench.add_argument("--quick", action="store_true", help="batch 1 only, 2 repeats")
     bench.add_argument("--repeats", type=int, default=None)
-    bench.add_argument(
-        "--peer",
-        action="append",
-        metavar="MODULE:FUNCTION",
-        help="add an importable peer MSDA implementation (value, spatial_shapes, level_start_index, "
-        "sampling_locations, attention_weights) to the comparison",
-    )
+    bench.add_argument("--peer", action="append", metavar="MODULE:FUNCTION",
+                       help="add an importable peer MSDA implementation (value, spatial_shapes, level_start_index, "
+                       "sampling_locations, attention_weights) to the comparison")  # fmt: skip
     bench.add_argument("--ops-only", action="store_true", help="skip the end-to-end model comparison")
     bench.add_argument("--plot", action="store_true", help="also draw a PNG chart of the speedups (needs matplotlib)")
     bench.add_argument("--model-only", action="store_true", help="only the end-to-end model comparison")
-    bench.add_argument(
-        "--out",
-        default="mmgdino-bench-results",
-        help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
-        "(default: ./mmgdino-bench-results.*)",
-    )
+    bench.add_argument("--out", default="mmgdino-bench-results",
+                       help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
+                       "(default: ./mmgdino-bench-results.*)")  # fmt: skip
     bench.set_defaults(fn=_bench)
-    args = parser.parse_args(argv)
-    return args.fn(args)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("MMGDINO_DEBUG", "") not in ("", "0")
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print(f"mmgdino {args.command}: interrupted; rerun the same command to finish", file=sys.stderr)
+        return 130
+    except MmgdinoError as exc:
+        if debug:
+            raise
+        print(f"mmgdino {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,54 +1,115 @@
-"""`mmgdino.Detector`: images + label list -> per image, a list of {label, score, box} in pixels.
+"""`mmgdino.Detector`: images + labels -> per image, a list of {label, labels, score, box} in pixels.
 
 Prompts are built from the labels ("a cat. a remote control."); a vocabulary too long for one prompt
 (max_text_len tokens, 256 in released checkpoints) is split into chunks, each image batch is encoded once and
-reused across the chunks, and each chunk's prompt is encoded once and reused across images.
+reused across the chunks, and each distinct prompt is encoded once and reused across images and calls. Each image
+may have its own vocabulary; images with different prompts still share a batch (the prompts padded).
+
+The rules, each stated once:
+- a box is kept when its best token probability (over every label token of its prompt) is >= `threshold`;
+- its `score` is that probability, its `label` the label holding that token;
+- its `labels` are the labels with a token probability >= `text_threshold` (prompt order): the phrase
+  transformers' grounded post-processing would report, in label form (may be empty);
+- `box` is [x0, y0, x1, y1] in pixels of the upright image, clipped to it;
+- across prompt chunks of one image, a box overlapping a better-scored box of another chunk by IoU >=
+  `chunk_merge_iou` is the same object found again and is dropped (None keeps every chunk's boxes); within one
+  prompt nothing is merged, as in transformers.
 """
 
-from pathlib import Path
+import math
+import warnings
 
+import numpy as np
 import torch
 
+from .errors import UsageError
+from .images import IMAGE_SUFFIXES, load_image
 from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError
 
+__all__ = ["DEFAULT_MODEL", "IMAGE_SUFFIXES", "Detector", "check_thresholds", "clean_labels", "load_image"]
+
 DEFAULT_MODEL = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+DEFAULT_CHUNK_MERGE_IOU = 0.8
 
 
-class ImageReadError(ValueError):
-    """An image could not be read; the message names it."""
-
-
-def load_image(image):
-    """A path, PIL image, HxWxC uint8 array or CxHxW tensor in [0, 1] -> an RGB PIL image."""
-    from PIL import Image
-
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise ImageReadError(f"{image}: not a readable image ({type(exc).__name__})") from exc
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ImageReadError(f"image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
-        array = (image.detach().float().clamp(0, 1).expand(3, -1, -1) * 255).round().byte()
-        return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+def clean_labels(labels, where="labels"):
+    """Stripped labels without duplicates (first kept), as a tuple, and the duplicates dropped. UsageError for an
+    empty list or a label with no text (blank, or only dots)."""
+    if isinstance(labels, str):
+        labels = [labels]
     try:
-        import numpy as np
+        labels = list(labels)
+    except TypeError:
+        raise UsageError(f"{where} must be a list of strings, got {type(labels).__name__}") from None
+    if not labels:
+        raise UsageError(f"{where} is empty: name at least one thing to detect")
+    cleaned, dropped = [], []
+    for label in labels:
+        if not isinstance(label, str):
+            raise UsageError(f"{where}: {label!r} is not a string")
+        text = label.strip()
+        if not text.strip(". ").strip():
+            raise UsageError(f"{where}: label {label!r} has no text")
+        (dropped if text in cleaned else cleaned).append(text)
+    return tuple(cleaned), dropped
 
-        array = np.asarray(image)
-    except Exception as exc:
-        raise ImageReadError(f"unsupported image type {type(image).__name__}") from exc
-    if array.ndim == 2:
-        array = array[..., None].repeat(3, -1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ImageReadError(f"image array must be (H, W, 3), got {array.shape}")
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(array[..., :3])
+
+def check_thresholds(threshold, text_threshold, chunk_merge_iou=None):
+    for name, value in (("threshold", threshold), ("text_threshold", text_threshold),
+                        ("chunk_merge_iou", chunk_merge_iou)):  # fmt: skip
+        if value is None and name == "chunk_merge_iou":
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+            raise UsageError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _iou(box, boxes):
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def merge_chunks(detections, chunk_of, iou):
+    """Greedy, best first: drop a detection that overlaps a kept one of another prompt chunk by IoU >= iou."""
+    order = sorted(range(len(detections)), key=lambda k: -detections[k]["score"])
+    kept, kept_boxes, kept_chunks = [], np.zeros((0, 4)), np.zeros((0,), dtype=int)
+    for k in order:
+        box = np.asarray(detections[k]["box"], dtype=np.float64)
+        if len(kept):
+            other = kept_chunks != chunk_of[k]
+            if other.any() and (_iou(box, kept_boxes[other]) >= iou).any():
+                continue
+        kept.append(detections[k])
+        kept_boxes = np.vstack([kept_boxes, box[None]])
+        kept_chunks = np.append(kept_chunks, chunk_of[k])
+    return kept
+
+
+def check_device_and_dtype(device, dtype):
+    """The torch.device to run on; UsageError when it or the dtype cannot run here (checked before any load)."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"device {device!r} is not a torch device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
+        raise UsageError(f"device {str(device)!r} is not available: {why}")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {str(device)!r}: mmgdino runs on cpu or cuda")
+    dtype = dtype or torch.float32
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise UsageError(f"dtype {dtype} is not supported; use float32, float16 or bfloat16")
+    try:  # the operations a forward needs most: a matrix product and a convolution
+        x = torch.ones(1, 1, 4, 4, dtype=dtype, device=device)
+        torch.nn.functional.conv2d(x, x[:, :, :2, :2]) @ torch.ones(3, 2, dtype=dtype, device=device)
+    except RuntimeError as exc:
+        raise UsageError(f"dtype {str(dtype).replace('torch.', '')} does not run on {device}: {exc}") from None
+    return device, dtype
 
 
 class Detector:
@@ -59,11 +120,13 @@ class Detector:
             already built `mmgdino.MMGroundingDinoForObjectDetection` or transformers model.
         device, dtype: default CUDA if available, else CPU; float32 (bfloat16 is a good choice on GPUs).
         processor: a transformers processor; default `AutoProcessor.from_pretrained(model)`.
+
+    Errors are `mmgdino.MmgdinoError` subclasses with one-line messages: `UsageError` (arguments),
+    `ImageReadError` (one image), `ModelLoadError` (the model or processor).
     """
 
     def __init__(self, model=DEFAULT_MODEL, device=None, dtype=None, processor=None):
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or torch.float32
+        device, dtype = check_device_and_dtype(device, dtype)
         if isinstance(model, MMGroundingDinoForObjectDetection):
             self.model = model.to(device=device, dtype=dtype).eval()
         elif isinstance(model, torch.nn.Module):
@@ -72,20 +135,20 @@ class Detector:
             self.model = MMGroundingDinoForObjectDetection.from_pretrained(model, dtype=dtype, device=device)
         if processor is None:
             if isinstance(model, torch.nn.Module):
-                raise ValueError("pass processor= when model is an already built model")
+                raise UsageError("pass processor= when model is an already built model")
             processor = _load_processor(model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device, self.dtype = device, dtype
         self._prompt_cache = {}  # token ids -> encoded prompt
-        self._chunk_cache = {}  # labels -> prompt_chunks(labels): the CLI calls detect once per batch
+        self._chunk_cache = {}  # labels -> prompt_chunks(labels)
 
     # ------------------------------------------------------------------ prompts
 
     def _label_tokens(self, label):
         ids = self.tokenizer(label.strip().rstrip("."), add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"label {label!r} has no tokens")
+            raise UsageError(f"label {label!r} has no tokens")
         return ids
 
     def prompt_chunks(self, labels):
@@ -98,7 +161,7 @@ class Detector:
         for index, label in enumerate(labels):
             tokens = self._label_tokens(label)
             if len(tokens) + 3 > limit:
-                raise ValueError(f"label {label!r} alone is longer than the model's {limit}-token prompt")
+                raise UsageError(f"label {label!r} alone is longer than the model's {limit}-token prompt")
             if current is None or len(current[1]) + len(tokens) + 2 > limit:
                 current = ([], [cls_id], [])
                 chunks.append(current)
@@ -110,6 +173,13 @@ class Detector:
             ids.append(sep_id)
         return chunks
 
+    def _chunks_of(self, labels):
+        if labels not in self._chunk_cache:
+            if len(self._chunk_cache) > 4096:  # per-image vocabularies: bounded
+                self._chunk_cache.pop(next(iter(self._chunk_cache)))
+            self._chunk_cache[labels] = self.prompt_chunks(list(labels))
+        return self._chunk_cache[labels]
+
     def _encoded_prompt(self, input_ids):
         key = tuple(input_ids)
         if key not in self._prompt_cache:
@@ -120,56 +190,116 @@ class Detector:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return self._prompt_cache[key]
 
+    def _prompt_batch(self, prompts):
+        """Encoded prompts (each cached) for a batch: one prompt for all images, or distinct ones padded to the
+        longest. A padded token is masked out (text_keep False) and attends only to itself."""
+        if all(p == prompts[0] for p in prompts):
+            return self._encoded_prompt(prompts[0])
+        encoded = [self._encoded_prompt(p) for p in prompts]
+        length = max(len(p) for p in prompts)
+        parts = []
+        for text, keep, pos, phrase, ids in encoded:
+            pad = length - text.shape[1]
+            phrase = torch.nn.functional.pad(phrase, (0, pad, 0, pad), value=False)
+            if pad:
+                tail = torch.arange(text.shape[1], length, device=phrase.device)
+                phrase[..., tail, tail] = True
+            parts.append((torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(keep, (0, pad)),
+                          torch.nn.functional.pad(pos, (0, 0, 0, pad)), phrase,
+                          torch.nn.functional.pad(ids, (0, pad))))  # fmt: skip
+        return tuple(torch.cat(field) for field in zip(*parts))
+
     # ------------------------------------------------------------------ detection
 
-    def detect(self, images, labels, threshold=0.3, text_threshold=0.25, batch_size=4):
-        """images: one image or a list (paths, PIL images, arrays, tensors; any sizes). labels: list of strings.
-        Returns, per image, detections [{"label", "score", "box": [x0, y0, x1, y1] in pixels}] by score."""
-        single = not isinstance(images, (list, tuple))
+    def detect(self, images, labels, threshold=0.3, text_threshold=0.25, batch_size=4,
+               chunk_merge_iou=DEFAULT_CHUNK_MERGE_IOU):  # fmt: skip
+        """images: one image or any iterable of them (paths, PIL images, arrays, tensors; any sizes).
+        labels: one list of strings for every image, or one list per image (same length as images).
+        Returns, per image, detections [{"label", "labels", "score", "box"}] best first (see the module's rules).
+        """
+        check_thresholds(threshold, text_threshold, chunk_merge_iou)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        from PIL import Image
+
+        single = isinstance(images, (str, Image.Image, np.ndarray, torch.Tensor)) or hasattr(images, "__fspath__")
         images = [images] if single else list(images)
-        if isinstance(labels, str):
-            labels = [labels]
-        if not labels:
-            raise ValueError("labels is empty: name at least one thing to detect")
-        key = tuple(labels)
-        if key not in self._chunk_cache:
-            self._chunk_cache = {key: self.prompt_chunks(list(labels))}  # one vocabulary at a time is the usual case
-        chunks = self._chunk_cache[key]
+        vocabularies = self._vocabularies(labels, len(images))
         results = []
         for start in range(0, len(images), batch_size):
             pil = [load_image(im) for im in images[start : start + batch_size]]
-            results += self._detect_batch(pil, labels, chunks, threshold, text_threshold)
+            results += self._detect_batch(pil, vocabularies[start : start + batch_size], threshold, text_threshold,
+                                          chunk_merge_iou)  # fmt: skip
         return results[0] if single else results
 
-    def _detect_batch(self, pil_images, labels, chunks, threshold, text_threshold):
+    def _vocabularies(self, labels, count):
+        if isinstance(labels, str):
+            labels = [labels]
+        labels = list(labels) if labels is not None else []
+        per_image = bool(labels) and all(not isinstance(x, str) for x in labels)
+        if not per_image:
+            cleaned, dropped = clean_labels(labels)
+            if dropped:
+                warnings.warn(f"duplicate labels ignored: {', '.join(dropped)}", stacklevel=3)
+            return [cleaned] * count
+        if len(labels) != count:
+            raise UsageError(f"labels: {len(labels)} vocabularies for {count} images; give one list per image")
+        return [clean_labels(v, where=f"labels of image {i}")[0] for i, v in enumerate(labels)]
+
+    def _detect_batch(self, pil_images, vocabularies, threshold, text_threshold, chunk_merge_iou):
         pixels = self.processor.image_processor(images=pil_images, return_tensors="pt")
         pixel_values = pixels["pixel_values"].to(self.device, self.dtype)
         pixel_mask = pixels["pixel_mask"].to(self.device)
+        chunks = [self._chunks_of(v) for v in vocabularies]
         found = [[] for _ in pil_images]
+        chunk_of = [[] for _ in pil_images]
         with torch.inference_mode():
             image_features = self.model.encode_image(pixel_values, pixel_mask)
-            for label_indices, input_ids, spans in chunks:
-                out = self.model(prompt_features=self._encoded_prompt(input_ids), image_features=image_features)
-                probs = out.logits.sigmoid()  # (B, Q, max_text_len), 0 outside the prompt's tokens
-                per_label = torch.stack([probs[..., a:b].amax(-1) for a, b in spans], -1)  # (B, Q, labels)
-                scores, best = per_label.max(-1)
-                boxes = out.pred_boxes.float()
-                for i, image in enumerate(pil_images):
-                    keep = (scores[i] >= threshold) & (scores[i] >= text_threshold)
-                    scale = torch.tensor([image.width, image.height] * 2, device=boxes.device)
-                    cx, cy, w, h = boxes[i, keep].unbind(-1)
-                    corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale
-                    for score, label_pos, box in zip(
-                        scores[i, keep].tolist(), best[i, keep].tolist(), corners.tolist()
-                    ):
-                        found[i].append(
-                            {
-                                "label": labels[label_indices[label_pos]],
-                                "score": round(score, 4),
-                                "box": [round(v, 2) for v in box],
-                            }
-                        )
-        return [sorted(f, key=lambda d: -d["score"]) for f in found]
+            for round_ in range(max(len(c) for c in chunks)):
+                members = [i for i, c in enumerate(chunks) if round_ < len(c)]
+                features = image_features
+                if len(members) < len(pil_images):
+                    index = torch.tensor(members, device=self.device)
+                    vision, keep, pos, levels, ratios = image_features
+                    features = (vision[index], keep[index], pos[index], levels, ratios[index])
+                prompt = self._prompt_batch([chunks[i][round_][1] for i in members])
+                out = self.model(prompt_features=prompt, image_features=features)
+                probs = out.logits.float().sigmoid()  # (B, Q, max_text_len), 0 outside the prompt's tokens
+                for row, i in enumerate(members):
+                    label_indices, _, spans = chunks[i][round_]
+                    per_label = torch.stack([probs[row, :, a:b].amax(-1) for a, b in spans], -1)  # (Q, labels)
+                    detections = self._detections(per_label, out.pred_boxes[row].float(), pil_images[i],
+                                                  [vocabularies[i][k] for k in label_indices], threshold,
+                                                  text_threshold)  # fmt: skip
+                    found[i] += detections
+                    chunk_of[i] += [round_] * len(detections)
+        results = []
+        for i, detections in enumerate(found):
+            if len(chunks[i]) > 1 and chunk_merge_iou is not None:
+                detections = merge_chunks(detections, chunk_of[i], chunk_merge_iou)
+            results.append(sorted(detections, key=lambda d: -d["score"]))
+        return results
+
+    @staticmethod
+    def _detections(per_label, boxes, image, names, threshold, text_threshold):
+        scores, best = per_label.max(-1)
+        keep = scores >= threshold
+        size = torch.tensor([image.width, image.height] * 2, device=boxes.device, dtype=boxes.dtype)
+        cx, cy, w, h = boxes[keep].unbind(-1)
+        corners = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * size
+        corners = torch.minimum(corners.clamp_min(0), size)
+        phrase = per_label[keep] >= text_threshold
+        return [
+            {
+                "label": names[b],
+                "labels": [names[k] for k in np.flatnonzero(p)],
+                "score": round(score, 4),
+                "box": [round(v, 2) for v in box],
+            }  # fmt: skip
+            for score, b, p, box in zip(
+                scores[keep].tolist(), best[keep].tolist(), phrase.cpu().numpy(), corners.tolist()
+            )
+        ]
 
 
 def _load_processor(model_id):

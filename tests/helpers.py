@@ -127,6 +127,16 @@ MSDA_BAD_INPUTS = {
         "num_values",
     ),
     "level_start_past_end": (lambda a: dict(level_start_index=a["level_start_index"] + 50), ValueError, "num_values"),
+    "level_value_longer": (
+        lambda a: dict(value=torch.cat([a["value"], a["value"][:, :3]], 1)),
+        ValueError,
+        "spatial_shapes cover",
+    ),
+    "level_starts_inconsistent": (
+        lambda a: dict(level_start_index=a["level_start_index"] - torch.tensor([0, 1, 1])),
+        ValueError,
+        "running sum",
+    ),
     "level_empty": (
         lambda a: dict(spatial_shapes=a["spatial_shapes"] * torch.tensor([[1, 1], [0, 1], [1, 1]])),
         ValueError,

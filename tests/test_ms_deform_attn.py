@@ -268,3 +268,16 @@ def test_deterministic_backward_matches_reference(dtype):
     for g, r, t in zip(got, ref, (value, loc, attn)):
         assert g.dtype == t.dtype and g.shape == t.shape
         assert rel_err(g, r) <= tol
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+@pytest.mark.parametrize("queries, points", [(0, 2), (3, 0)], ids=["zero_queries", "zero_points"])
+def test_zero_queries_and_zero_points_give_zeros_and_zero_gradients(backend_device, queries, points):
+    backend, device = backend_device
+    value, shapes, starts, loc, attn = msda_inputs(queries=max(queries, 1), points=max(points, 1), device=device)
+    loc, attn = loc[:, :queries, :, :, :points].contiguous(), attn[:, :queries, :, :, :points].contiguous()
+    leaves = [t.requires_grad_(True) for t in (value, loc, attn)]
+    out = ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend)
+    assert out.shape == (value.shape[0], queries, value.shape[2] * value.shape[3]) and not out.any()
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)

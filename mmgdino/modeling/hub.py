@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import MmgdinoError
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(MmgdinoError, RuntimeError):
     """A model could not be found or read (bad path, unknown hub id, no network); the message says which."""
 
 

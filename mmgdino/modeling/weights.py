@@ -81,13 +81,14 @@ def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None
     except Exception as exc:
         text = str(exc).strip()
         raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
-    reference = cache_first(
-        transformers_class(config).from_pretrained,
-        where,
-        local_files_only=local_files_only,
-        revision=revision,
-        dtype=dtype or torch.float32,
-    )
+    try:
+        reference = cache_first(transformers_class(config).from_pretrained, where, local_files_only=local_files_only,
+                                revision=revision, dtype=dtype or torch.float32)  # fmt: skip
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a directory with a config but no (or unreadable) weights
+        text = str(exc).strip()
+        raise ModelLoadError(f"{where}: no readable weights ({text.splitlines()[0] if text else exc})") from exc
     model = cls(reference.config)
     load_state_dict(model, reference.state_dict())
     del reference

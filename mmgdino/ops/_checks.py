@@ -111,9 +111,12 @@ def check_ms_deform_attn_grad(grad_output, value, num_queries):
 
 
 def check_level_extents(spatial_shapes, level_start_index, num_values):
-    """Reads the level table; only for host tensors (device kernels bounds-guard instead of syncing)."""
+    """Reads the level table; only for host tensors (device kernels bounds-guard instead of syncing). Every level
+    must fit inside value, and the table must be the one flattening produces: each start the running sum of the
+    levels' areas before it, value exactly as long as all of them."""
     op = "mmgdino.ms_deform_attn"
-    for level, ((height, width), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
+    shapes, starts = spatial_shapes.tolist(), level_start_index.tolist()
+    for level, ((height, width), start) in enumerate(zip(shapes, starts)):
         _require(
             height >= 1 and width >= 1,
             f"{op}: spatial_shapes[{level}] = ({height}, {width}) must hold a positive (height, width)",
@@ -123,6 +126,18 @@ def check_level_extents(spatial_shapes, level_start_index, num_values):
             f"{op}: level {level} spans rows [{start}, {start + height * width}) of value, which has "
             f"num_values = {num_values} rows; spatial_shapes and level_start_index must fit inside value",
         )
+    total = 0
+    for level, ((height, width), start) in enumerate(zip(shapes, starts)):
+        _require(
+            start == total,
+            f"{op}: level_start_index[{level}] = {start}, but the levels before it hold {total} rows; it must be the "
+            "running sum of height * width over spatial_shapes",
+        )
+        total += height * width
+    _require(
+        num_values == total,
+        f"{op}: value has num_values = {num_values} rows but spatial_shapes cover {total}; they must be equal",
+    )
 
 
 def check_contrastive(vision, text, text_token_mask, bias):

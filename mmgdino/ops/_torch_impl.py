@@ -53,8 +53,9 @@ def _bilinear_bags(value, spatial_shapes, level_start_index, sampling_locations,
         rows.append(torch.where(inside, row, torch.zeros_like(row)) + head_offset)
         weights.append(torch.where(inside, corner_weight * attn, torch.zeros_like(attn)))
     bag_size = num_levels * sampling_locations.shape[4] * 4
-    rows = torch.stack(rows, dim=-1).reshape(-1, bag_size)
-    weights = torch.stack(weights, dim=-1).reshape(-1, bag_size)
+    bags = batch * num_heads * sampling_locations.shape[1]  # explicit: with zero points -1 would be ambiguous
+    rows = torch.stack(rows, dim=-1).reshape(bags, bag_size)
+    weights = torch.stack(weights, dim=-1).reshape(bags, bag_size)
     return table, rows, weights
 
 
@@ -68,7 +69,10 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     table, rows, weights = _bilinear_bags(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
-    out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # (B * H * Q, D)
+    if rows.shape[1] == 0:  # no sampling points: nothing to sum (embedding_bag rejects empty bags of width 0)
+        out = table[:1].mul(0).expand(rows.shape[0], -1)  # zeros that keep value in the autograd graph
+    else:
+        out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")  # (B * H * Q, D)
     batch, num_queries, num_heads = sampling_locations.shape[:3]
     return _unflatten_heads(out, batch, num_heads, num_queries).to(value.dtype)
 
