@@ -55,10 +55,11 @@ def clean_labels(labels, where="labels"):
 
 
 def check_thresholds(threshold, text_threshold, chunk_merge_iou=None):
-    for name, value in (("threshold", threshold), ("text_threshold", text_threshold),
-                        ("chunk_merge_iou", chunk_merge_iou)):  # fmt: skip
-        if value is None and name == "chunk_merge_iou":
-            continue
+    """Each a finite number in [0, 1]; chunk_merge_iou may also be None (no merge)."""
+    checked = {"threshold": threshold, "text_threshold": text_threshold}
+    if chunk_merge_iou is not None:
+        checked["chunk_merge_iou"] = chunk_merge_iou
+    for name, value in checked.items():
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
             raise UsageError(f"{name} must be a number in [0, 1], got {value!r}")
 

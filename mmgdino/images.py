@@ -95,14 +95,11 @@ def _rgb_from_array(array):
 
 def _from_array(array, name):
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
-            array = array.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-        array = array.float().numpy() if array.is_floating_point() else array.numpy()
-    else:
-        array = np.asarray(array)
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)
+        tensor = array.detach().cpu()
+        array = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
     shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))
     if not shape_ok:
         raise ImageReadError(f"{name}: shape {tuple(array.shape)} is not an image; accepted: {ACCEPTED_ARRAYS}")

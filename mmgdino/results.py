@@ -22,16 +22,19 @@ def image_version(path):
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def _read_json_lines(path):
-    """Complete JSON lines of a file (a line cut short by an interrupted write is skipped)."""
+def _parse_json_lines(text):
+    """Complete JSON lines (a line cut short by an interrupted write is skipped)."""
     rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
     return rows
+
+
+def _read_json_lines(path):
+    return _parse_json_lines(path.read_text()) if path.exists() else []
 
 
 def _write_atomically(path, text):
@@ -78,9 +81,9 @@ class ResultStore:
 
     def _keep_only(self, finished):
         """Rewrite both files without the records of unfinished or changed images (only when there are any)."""
-        rows = _read_json_lines(self.records)
-        kept = [row for row in rows if row.get("image") in finished]
         raw = self.records.read_text()
+        rows = _parse_json_lines(raw)
+        kept = [row for row in rows if row.get("image") in finished]
         if len(kept) != len(rows) or (raw and not raw.endswith("\n")) or len(rows) != len(raw.splitlines()):
             _write_atomically(self.records, "".join(json.dumps(row) + "\n" for row in kept))
         progress = [row for row in _read_json_lines(self.progress)[1:] if row.get("image") in finished]
