@@ -157,6 +157,11 @@ def _max_kernel(
     tl.store(out_ptr + b.to(tl.int64) * num_rows + n_offs, result.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
+# 8 warps with 16-wide reduction tiles: the 64x64 float32 tile on 4 warps, or with 32-wide tiles, spills 40-500
+# bytes per thread on sm_80/sm_90; this one spills nowhere (benchmarks/results/cuda-resources.md).
+NUM_WARPS = 8
+
+
 def _config(vision, num_tokens):
     import os
 
@@ -167,7 +172,7 @@ def _config(vision, num_tokens):
     precision = "ieee" if vision.dtype in (torch.float32, torch.float64) else None
     # Triton's interpreter (CPU CI) has no bfloat16 matmul; upcast there. GPUs take bfloat16 tiles natively.
     upcast = vision.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "") == "1"
-    return dict(BLOCK_N=64, BLOCK_T=block_t, BLOCK_K=32, ACC=acc, PRECISION=precision, UPCAST=upcast)
+    return dict(BLOCK_N=64, BLOCK_T=block_t, BLOCK_K=16, ACC=acc, PRECISION=precision, UPCAST=upcast)
 
 
 def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out):
@@ -176,7 +181,19 @@ def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out):
     cfg = _config(vision, num_tokens)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
     wrap(_fwd_kernel)[grid](
-        vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, out.shape[-1], BLOCK_PAD=64, **cfg
+        vision,
+        text,
+        mask,
+        bias,
+        out,
+        scale,
+        num_rows,
+        num_tokens,
+        dim,
+        out.shape[-1],
+        BLOCK_PAD=64,
+        num_warps=NUM_WARPS,
+        **cfg,
     )
 
 
@@ -185,4 +202,4 @@ def contrastive_max_fwd(wrap, vision, text, mask, bias, scale, out):
     num_tokens = text.shape[1]
     cfg = _config(vision, num_tokens)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
-    wrap(_max_kernel)[grid](vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, **cfg)
+    wrap(_max_kernel)[grid](vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, num_warps=NUM_WARPS, **cfg)

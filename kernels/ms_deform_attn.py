@@ -173,7 +173,9 @@ def launch_config(num_queries, head_dim, interpret):
     block_d = triton.next_power_of_2(max(head_dim, 1))
     # Enough queries per program to fill the channel tile to ~2K elements; the interpreter prefers big tiles.
     block_q = max(16, min(128, 2048 // block_d)) if not interpret else 64
-    return block_q, block_d, (4 if block_q * block_d >= 2048 else 2)
+    # At most 8 tile elements per thread: at 16 (a 64x32 tile on 4 warps) ptxas caps both kernels at 255
+    # registers and spills 100-600 bytes per thread on sm_80 and sm_90 (benchmarks/results/cuda-resources.md).
+    return block_q, block_d, max(2, min(8, block_q * block_d // 256))
 
 
 def ms_deform_attn_fwd(

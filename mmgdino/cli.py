@@ -26,14 +26,17 @@ def _info(args):
     print(
         f"  extension    {'built' if _extension.has_cpu_kernels else 'not built'}"
         f"{' with CUDA' if _extension.has_cuda_kernels else ''}"
+        f"{'' if not _extension.build_record else ' against torch ' + _extension.build_record['torch']}"
     )
+    if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
+        print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:
-        from mmgdino import _cuda_arch
+        from mmgdino import _cuda_build
 
         fits = ""
         if torch.cuda.is_available():
             capability = torch.cuda.get_device_capability()
-            runs = _cuda_arch.runs_on(_extension.cuda_arch_list, capability)
+            runs = _cuda_build.runs_on(_extension.cuda_arch_list, capability)
             fits = {
                 True: f" (runs on this GPU, {capability[0]}.{capability[1]})",
                 None: "",

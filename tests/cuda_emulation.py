@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from mmgdino._cuda_build import CXX_STANDARD
+
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -27,9 +29,8 @@ GLUE = [
     *sorted((ROOT / "csrc" / "cuda").glob("*.h")),
 ]
 MAX_BLOCKS = 5
-# The one C++ standard of the project (setup.py and .ci/run use the same), and the include path every emulated
-# build shares: the emulator's CUDA headers first, so that <cuda_runtime.h> is the emulator's.
-CXX_STANDARD = "-std=c++20"
+# The include path every emulated build shares: the emulator's CUDA headers first, so that <cuda_runtime.h> is
+# the emulator's. The C++ standard is the extension's (CXX_STANDARD, from mmgdino._cuda_build).
 INCLUDE_DIRS = [EMULATOR, ROOT / "csrc" / "include", ROOT / "csrc" / "cuda"]
 
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)

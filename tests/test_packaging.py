@@ -108,18 +108,18 @@ def test_version_and_public_api():
     ],
 )
 def test_cuda_arch_list_runs_on(arch_list, capability, runs):
-    from mmgdino import _cuda_arch
+    from mmgdino import _cuda_build
 
-    assert _cuda_arch.runs_on(arch_list, capability) is runs
+    assert _cuda_build.runs_on(arch_list, capability) is runs
 
 
 def test_default_build_adds_the_local_gpus_it_would_not_run_on():
-    from mmgdino import _cuda_arch
+    from mmgdino import _cuda_build
 
-    default = _cuda_arch.DEFAULT_ARCH_LIST
-    assert _cuda_arch.with_local_gpus(default, []) == default
-    assert _cuda_arch.with_local_gpus(default, [(9, 0), (8, 6)]) == default
-    assert _cuda_arch.with_local_gpus(default, [(7, 5), (7, 5), (9, 0)]) == "7.5;" + default
+    default = _cuda_build.DEFAULT_ARCH_LIST
+    assert _cuda_build.with_local_gpus(default, []) == default
+    assert _cuda_build.with_local_gpus(default, [(9, 0), (8, 6)]) == default
+    assert _cuda_build.with_local_gpus(default, [(7, 5), (7, 5), (9, 0)]) == "7.5;" + default
 
 
 def test_extension_records_its_cuda_arch_list():
@@ -129,8 +129,95 @@ def test_extension_records_its_cuda_arch_list():
         pytest.skip("extension not built")
     assert isinstance(_extension._C.cuda_arch_list, str)
     if _extension.has_cuda_kernels:
-        from mmgdino import _cuda_arch
+        from mmgdino import _cuda_build
 
-        assert _cuda_arch.parse(_extension.cuda_arch_list)
+        assert _cuda_build.parse(_extension.cuda_arch_list)
     else:
         assert _extension.cuda_arch_list == ""
+
+
+def _fake_toolkit(root):
+    (root / "bin").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (root / "include" / "cuda_runtime.h").write_text("")
+    return root
+
+
+@pytest.fixture
+def no_toolkit_anywhere(monkeypatch, tmp_path):
+    from mmgdino import _cuda_build
+
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr(_cuda_build, "STANDARD_LOCATIONS", (str(tmp_path / "no-cuda"),))
+    monkeypatch.setattr(_cuda_build.sysconfig, "get_paths", lambda: {"purelib": str(tmp_path / "site")})
+    return _cuda_build
+
+
+def test_toolkit_from_cuda_home(no_toolkit_anywhere, tmp_path, monkeypatch):
+    root = _fake_toolkit(tmp_path / "cuda-12.8")
+    monkeypatch.setenv("CUDA_HOME", str(root))
+    assert no_toolkit_anywhere.find_cuda_toolkit()[0] == str(root)
+
+
+def test_toolkit_from_what_a_wrapper_nvcc_reports(no_toolkit_anywhere, tmp_path, monkeypatch):
+    # The machine's case: nvcc on PATH is a script in /usr/local/bin, so torch would guess /usr/local.
+    root = _fake_toolkit(tmp_path / "cuda-13.0")
+    wrappers = tmp_path / "wrappers"
+    wrappers.mkdir()
+    nvcc = wrappers / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho '#$ TOP={root}/bin/..' >&2\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("PATH", str(wrappers))
+    assert no_toolkit_anywhere.find_cuda_toolkit()[0] == str(root.resolve())
+
+
+def test_toolkit_from_pip_packages(no_toolkit_anywhere, tmp_path):
+    root = _fake_toolkit(tmp_path / "site" / "nvidia" / "cu13")
+    assert no_toolkit_anywhere.find_cuda_toolkit()[0] == str(root)
+
+
+def test_no_toolkit_says_everything_it_tried(no_toolkit_anywhere, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "not-a-toolkit"))
+    root, tried = no_toolkit_anywhere.find_cuda_toolkit()
+    assert root is None
+    text = "; ".join(tried)
+    for candidate in ("$CUDA_HOME", "$CUDA_PATH: not set", "nvcc on PATH: none", str(tmp_path / "no-cuda")):
+        assert candidate in text
+
+
+def test_forced_cuda_build_on_cpu_torch_fails_in_one_line(tmp_path):
+    if torch.version.cuda is not None:
+        pytest.skip("needs the CPU build of torch")
+    env = {**os.environ, "MMGDINO_FORCE_CUDA": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "setup.py"), "--name"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"mmgdino: MMGDINO_FORCE_CUDA=1 but torch {torch.__version__} is a CPU build"
+    ]
+
+
+@pytest.mark.parametrize(
+    "record, installed_torch, installed_cuda, ok",
+    [
+        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.13.0+cu130", "13.0", True),
+        ({"torch": "2.13.0+cpu", "cuda_kernels": False}, "2.13.0+cu130", "13.0", True),  # CPU kernels, CUDA torch
+        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.13.0+cpu", None, False),  # needs libc10_cuda
+        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.14.1+cu130", "13.0", False),  # another ABI
+        ({}, "2.14.1", None, True),  # no record (a checkout built before records existed): nothing to compare
+    ],
+)
+def test_extension_built_for_another_torch_is_one_line(record, installed_torch, installed_cuda, ok, monkeypatch):
+    from mmgdino import _extension
+
+    monkeypatch.setattr(_extension.torch, "__version__", installed_torch)
+    monkeypatch.setattr(_extension.torch.version, "cuda", installed_cuda)
+    message = _extension._torch_mismatch(record)
+    if ok:
+        assert message is None
+    else:
+        assert record["torch"] in message and installed_torch in message and "\n" not in message

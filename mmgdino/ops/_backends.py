@@ -40,7 +40,8 @@ def _why_not(backend, device_type):
         if backend != device_type:
             return f"it runs on {backend} tensors, these are on {device_type}"
         if backend == "cuda" and not _extension.has_cuda_kernels:
-            return "mmgdino._C was built without CUDA (CPU-only torch or no nvcc at build time)"
+            why = _extension.why_no_cuda_kernels or "CPU-only torch or no CUDA toolkit at build time"
+            return f"mmgdino._C was built without CUDA kernels ({why})"
         if backend == "cuda" and not torch.cuda.is_available():
             return "no CUDA device is visible"
         return None
