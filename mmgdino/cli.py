@@ -1,4 +1,5 @@
 """The `mmgdino` command: `detect` (images -> JSON Lines or COCO),
+`eval` (COCO / LVIS accuracy with mmdetection's protocol),
 `bench` (speed and agreement against transformers) and
 `info` (versions, backends)."""
 
@@ -285,6 +286,30 @@ EXIT_CODES = """exit codes:
 Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
 
 
+def _eval(args):
+    from mmgdino import evaluation
+
+    report = evaluation.evaluate(
+        args.annotations,
+        args.images,
+        args.out,
+        model=args.model,
+        protocol=args.protocol,
+        chunk_size="protocol" if args.chunk_size is None else args.chunk_size,
+        max_dets=args.max_dets,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        limit=args.limit,
+        compare=args.compare,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(Path(args.out, "summary.md").read_text().split("## Per category")[0].rstrip())
+    for failure in report["failed_images"]:
+        print(f"mmgdino eval: {failure['image']}: {failure['error']}", file=sys.stderr)
+    return 1 if report["failed_images"] else 0
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="mmgdino", description="Fast MM Grounding DINO", epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -329,6 +354,38 @@ def _parser():
         "--draw", default=None, metavar="OUT_DIR", help="write annotated images here, mirroring the inputs' folders"
     )
     detect.set_defaults(fn=_detect)
+    evaluate = sub.add_parser("eval", help="COCO / LVIS accuracy with mmdetection's MM Grounding DINO protocol",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    evaluate.add_argument("--annotations", required=True, help="COCO-format annotation file (COCO, LVIS, yours)")
+    evaluate.add_argument("--images", required=True, help="the folder its file_name entries are relative to")
+    evaluate.add_argument("--out", required=True, help="folder for predictions (resumable), detections.json, "
+                          "metrics.json, per_category.json and summary.md")  # fmt: skip
+    evaluate.add_argument("--model", default=None, help="hub id or local directory (default: as detect)")
+    evaluate.add_argument(
+        "--protocol",
+        choices=["coco", "lvis"],
+        default="coco",
+        help="coco: all classes in one prompt, COCO AP; lvis: 40 classes per prompt, Fixed AP",
+    )
+    evaluate.add_argument("--chunk-size", type=int, default=None,
+                          help="classes per prompt (default: the protocol's: coco all, lvis 40)")  # fmt: skip
+    evaluate.add_argument("--max-dets", type=int, default=None, help="detections kept per image and prompt (300)")
+    evaluate.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward (default 1, the protocol; >1 pads images, recorded as such)",
+    )
+    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    evaluate.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N images (recorded as a subset)")
+    evaluate.add_argument(
+        "--compare",
+        choices=["transformers"],
+        default=None,
+        help="also run transformers' model and post-processing; AP and time side by side",
+    )
+    evaluate.set_defaults(fn=_eval)
     info = sub.add_parser("info", help="versions, device, and which backends are built and available (and why not)")
     info.set_defaults(fn=_info)
     bench = sub.add_parser("bench", help="benchmark every available backend against transformers' PyTorch code")
