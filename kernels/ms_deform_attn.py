@@ -28,7 +28,8 @@ def _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC: tl.
     w_f = width.to(ACC)
     h_im = y * h_f - 0.5
     w_im = x * w_f - 0.5
-    touches = q_mask & (h_im > -1.0) & (w_im > -1.0) & (h_im < h_f) & (w_im < w_f)  # False for NaN / inf
+    # -1 included: grid_sample's one-sided gradient there (csrc/include/mmgdino/sampling.h); False for NaN / inf
+    touches = q_mask & (h_im >= -1.0) & (w_im >= -1.0) & (h_im < h_f) & (w_im < w_f)
     h_im = tl.where(touches, h_im, 0.0)
     w_im = tl.where(touches, w_im, 0.0)
     h0f = tl.floor(h_im)

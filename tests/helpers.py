@@ -189,3 +189,32 @@ def opcheck_kwargs(backend, device):
     if backend == "triton" and device == "cpu":
         return {"test_utils": ("test_schema", "test_autograd_registration", "test_faketensor")}
     return {}
+
+
+# Pixel coordinates (align_corners=False) at and around the map's edges, as fractions of the size: -1 (one pixel
+# before the map: value 0, but grid_sample's one-sided gradient), -0.5, 0, size - 1, size - 0.5, size (touches
+# nothing). Every normalized location below is exact in bfloat16 for a 4-pixel side.
+EDGE_PIXELS = (-1.0, -0.5, 0.0, 3.0, 3.5, 4.0)
+
+
+def msda_edge_inputs(dtype=torch.float64, device="cpu"):
+    """One 4x4 level holding 1..16 (two heads: the second negated), one query per (x, y) pair of EDGE_PIXELS."""
+    size = 4
+    shapes, starts, _ = level_table(((size, size),), device=device)
+    plane = torch.arange(1, size * size + 1, dtype=torch.float64, device=device)
+    value = torch.stack([plane, -plane], -1)[None, :, :, None].repeat(1, 1, 1, 3)  # (1, 16, 2 heads, 3 channels)
+    coords = torch.tensor([(x, y) for y in EDGE_PIXELS for x in EDGE_PIXELS], dtype=torch.float64, device=device)
+    loc = ((coords + 0.5) / size)[None, :, None, None, None, :].expand(1, -1, 2, 1, 1, 2).contiguous()
+    attn = torch.full(loc.shape[:-1], 0.75, dtype=torch.float64, device=device)
+    return value.to(dtype), shapes, starts, loc.to(dtype), attn.to(dtype)
+
+
+def grid_sample_grads(value, shapes, starts, loc, attn, grad_out):
+    """float64 output and gradients of transformers' grid_sample implementation (MultiScaleDeformableAttention)."""
+    from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import MultiScaleDeformableAttention
+
+    leaves = [t.detach().double().requires_grad_(True) for t in (value, loc, attn)]
+    out = MultiScaleDeformableAttention()(
+        leaves[0], shapes, [tuple(s) for s in shapes.tolist()], starts, leaves[1], leaves[2], 64
+    )
+    return out.detach(), torch.autograd.grad(out, leaves, grad_out.double())

@@ -18,7 +18,9 @@ from helpers import (
     MSDA_CASES,
     TOLERANCE,
     contrastive_inputs,
+    grid_sample_grads,
     msda_bad_args,
+    msda_edge_inputs,
     msda_inputs,
     msda_reference,
     rel_err,
@@ -275,6 +277,25 @@ def test_glue_forward_and_autograd_match_float64_reference(glue, dtype, case):
     for name, g, r in zip(("value", "sampling_locations", "attention_weights"), got, want):
         assert g.dtype == dtype, name  # grad_value accumulated in float32 and converted back
         assert rel_err(g, r) <= GRAD_TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_edge_points_match_grid_sample(simt, glue, dtype):
+    """Pixel coordinates -1 ... size at both edges: the CUDA kernels (and through the glue, autograd) give
+    grid_sample's values and gradients, including the one-sided location gradient at -1."""
+    inputs = msda_edge_inputs(dtype)
+    value, shapes, starts, loc, attn = inputs
+    grad_out = torch.linspace(-1, 1, loc.shape[1] * 6, dtype=torch.float64).view(1, -1, 6)
+    want_out, want = grid_sample_grads(*inputs, grad_out)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(emu.ms_deform_attn(simt, *inputs).double(), want_out, rtol=tol, atol=tol)
+    kernel_grads = emu.ms_deform_attn_backward(simt, grad_out.to(dtype), *inputs)
+    leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
+    glue_grads = torch.autograd.grad(glue.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2]), leaves,
+                                     grad_out.to(dtype))  # fmt: skip
+    for got in (kernel_grads, glue_grads):
+        for name, g, w in zip(("value", "sampling_locations", "attention_weights"), got, want):
+            torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol, msg=name)
 
 
 def test_glue_gradcheck_float64(glue):

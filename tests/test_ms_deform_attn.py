@@ -1,13 +1,16 @@
 import pytest
 import torch
 from helpers import (
+    EDGE_PIXELS,
     GRAD_TOLERANCE,
     MSDA_BAD_INPUTS,
     MSDA_CASES,
     TOLERANCE,
     backend_params,
+    grid_sample_grads,
     level_table,
     msda_bad_args,
+    msda_edge_inputs,
     msda_inputs,
     msda_reference,
     opcheck_kwargs,
@@ -281,3 +284,25 @@ def test_zero_queries_and_zero_points_give_zeros_and_zero_gradients(backend_devi
     assert out.shape == (value.shape[0], queries, value.shape[2] * value.shape[3]) and not out.any()
     grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
     assert all(g is None or not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("backend_device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_edge_points_match_grid_sample_values_and_gradients(backend_device, dtype):
+    """Points at pixel coordinates -1, -0.5, 0, w - 1, w - 0.5 and w on a 4x4 map of 1..16: the output and every
+    gradient equal transformers' grid_sample path, including the one-sided location gradient at -1 (where the
+    original Deformable-DETR kernel returns 0)."""
+    backend, device = backend_device
+    value, shapes, starts, loc, attn = msda_edge_inputs(dtype, device)
+    grad_out = torch.linspace(-1, 1, loc.shape[1] * 6, dtype=torch.float64, device=device).view(1, -1, 6)
+    want_out, want = grid_sample_grads(value, shapes, starts, loc, attn, grad_out)
+    leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
+    out = ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend)
+    got = torch.autograd.grad(out, leaves, grad_out.to(dtype))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(out.double(), want_out, rtol=tol, atol=tol)
+    for name, g, w in zip(("value", "sampling_locations", "attention_weights"), got, want):
+        torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol, msg=name)
+    # The case the issue names: x = -1 (first column of EDGE_PIXELS), y = 0 (third row): 4 * value[0, 0] ... > 0
+    x_minus_1 = got[1][0, 2 * len(EDGE_PIXELS), 0, 0, 0, 0].item()
+    assert x_minus_1 != 0 and x_minus_1 == pytest.approx(want[1][0, 2 * len(EDGE_PIXELS), 0, 0, 0, 0].item())

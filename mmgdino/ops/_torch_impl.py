@@ -30,7 +30,8 @@ def _bilinear_bags(value, spatial_shapes, level_start_index, sampling_locations,
     # align_corners=False: pixel coordinate = normalized * size - 0.5
     x = loc[..., 0] * width_i.to(dtype) - 0.5
     y = loc[..., 1] * height_i.to(dtype) - 0.5
-    touches_map = (x > -1) & (y > -1) & (x < width_i) & (y < height_i)  # False for NaN and inf
+    # -1 included: grid_sample's one-sided gradient there (csrc/include/mmgdino/sampling.h); False for NaN, inf
+    touches_map = (x >= -1) & (y >= -1) & (x < width_i) & (y < height_i)
     x = torch.where(touches_map, x, torch.zeros_like(x))
     y = torch.where(touches_map, y, torch.zeros_like(y))
     x0, y0 = x.floor(), y.floor()

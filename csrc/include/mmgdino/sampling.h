@@ -32,14 +32,17 @@ struct BilinearTaps {
 };
 
 // Resolves a normalized (x, y) location, align_corners=False, into taps. Returns false when the point
-// touches no pixel of the map; NaN and infinite locations land here because every comparison fails.
+// touches no pixel of the map; NaN and infinite locations land here because every comparison fails. A point
+// exactly one pixel before the map (pixel coordinate -1) still counts: its value is 0 (all weight on the
+// padding), but grid_sample's one-sided gradient toward row or column 0 is not, and transformers' initial
+// sampling offsets put points there at edge pixels. One past the far edge (coordinate = size) touches nothing.
 // Corner order: (h0, w0), (h0, w0 + 1), (h0 + 1, w0), (h0 + 1, w0 + 1).
 template <typename coord_t>
 MMGDINO_HD bool resolve_taps(coord_t loc_x, coord_t loc_y, int64_t height, int64_t width, int64_t level_start,
                              int64_t num_values, BilinearTaps<coord_t>& taps) {
   const coord_t h_im = loc_y * static_cast<coord_t>(height) - coord_t(0.5);
   const coord_t w_im = loc_x * static_cast<coord_t>(width) - coord_t(0.5);
-  if (!(h_im > coord_t(-1) && w_im > coord_t(-1) && h_im < static_cast<coord_t>(height) &&
+  if (!(h_im >= coord_t(-1) && w_im >= coord_t(-1) && h_im < static_cast<coord_t>(height) &&
         w_im < static_cast<coord_t>(width))) {
     return false;
   }
