@@ -129,6 +129,18 @@ class GroundingDinoCore(nn.Module):
         self.register_buffer("special_tokens", torch.tensor(SPECIAL_TOKENS), persistent=False)
 
 
+class _FamilyAttribute:
+    """A class attribute read from transformers' class of the model family (its config class, tied-weight keys),
+    imported only when asked; on an instance, the instance's family."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, instance, owner):
+        family = instance.family if instance is not None else owner.FAMILY
+        return getattr(weights.transformers_class_of(family), self.name)
+
+
 class MMGroundingDinoForObjectDetection(nn.Module):
     """Inference-first MM Grounding DINO / LLMDet / Grounding DINO.
 
@@ -136,8 +148,26 @@ class MMGroundingDinoForObjectDetection(nn.Module):
     call it like transformers' model (`pixel_values`, `input_ids`, `attention_mask`, `pixel_mask`, ...). The
     output is transformers' own output class, so `processor.post_process_grounded_object_detection` takes it.
     Not computed unless asked: `enc_outputs_class` / `enc_outputs_coord_logits` (pass
-    `output_proposal_logits=True`), `encoder_logits` (loss only), attentions, losses.
+    `output_proposal_logits=True`), `encoder_logits` (loss only). Attentions and losses are not computed (asking
+    raises): mmgdino's fused layers never form attention maps, and training goes through transformers' model
+    (`mmgdino.patch(model)` speeds it up).
+
+    It has the PreTrainedModel interface that transformers' tests, pipelines and Auto classes use (from_pretrained
+    with transformers' arguments, save_pretrained, config flags, num_parameters, ...), without being a
+    PreTrainedModel: loading and saving go through transformers' own class, so every argument means what it
+    means there and the files are the ones transformers writes, while our module tree (heads shared by identity,
+    fused layers) is not run through initialization and tying rules written for transformers' tree.
     """
+
+    FAMILY = "mm-grounding-dino"
+    main_input_name = "pixel_values"
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+    _keep_in_fp32_modules = None
+    _no_split_modules = None
+    config_class = _FamilyAttribute("config_class")
+    _tied_weights_keys = _FamilyAttribute("_tied_weights_keys")
 
     def __init__(self, config):
         super().__init__()
@@ -146,6 +176,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             raise ValueError(f"expected an MM Grounding DINO or Grounding DINO config, got model_type={family!r}")
         self.config = config
         self.family = family
+        self.name_or_path = ""
         with_bias = family == "mm-grounding-dino"
         self.model = GroundingDinoCore(config, family)
         layers = config.decoder_layers
@@ -169,15 +200,21 @@ class MMGroundingDinoForObjectDetection(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, dtype=None, torch_dtype=None, **unused):
         model = cls(config)
         weights.initialize(model)
-        return model.eval()
+        dtype = dtype or torch_dtype
+        return (model.to(dtype) if isinstance(dtype, torch.dtype) else model).eval()
+
+    _from_config = from_config  # the name transformers' Auto classes and tests call
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, dtype=None, torch_dtype=None,
+                        device=None, **kwargs):  # fmt: skip
+        """transformers' from_pretrained (config=, state_dict=, output_loading_info=, revision=, ...; `torch_dtype`
+        is the old name of `dtype`), plus `device`. Errors are ModelLoadError with one line."""
         return weights.load_pretrained(
-            cls, name_or_path, dtype=dtype, device=device, revision=revision, local_files_only=local_files_only
+            cls, pretrained_model_name_or_path, *model_args, dtype=dtype or torch_dtype, device=device, **kwargs
         )
 
     @classmethod
@@ -185,10 +222,45 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         param = next(hf_model.parameters())
         model = cls(hf_model.config)
         weights.load_state_dict(model, hf_model.state_dict())
+        model.name_or_path = getattr(hf_model, "name_or_path", "")
         return model.to(device=param.device, dtype=param.dtype).eval()
 
-    def save_pretrained(self, directory):
-        weights.save_pretrained(self, directory)
+    def save_pretrained(self, save_directory, **kwargs):
+        weights.save_pretrained(self, save_directory, **kwargs)
+
+    def init_weights(self):
+        weights.initialize(self)
+
+    post_init = init_weights
+
+    def tie_weights(self, *args, **kwargs):
+        """Shared heads are one module (see __init__): nothing to tie."""
+
+    @classmethod
+    def can_generate(cls):
+        return False
+
+    def get_input_embeddings(self):
+        return self.model.text_backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.text_backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return None
+
+    def num_parameters(self, only_trainable=False, exclude_embeddings=False):
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for p in self.parameters()  # each shared parameter once
+            if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings)
+        )
+
+    def gradient_checkpointing_enable(self, *args, **kwargs):
+        raise NotImplementedError(
+            "mmgdino's model is for inference; train transformers' model (mmgdino.patch(model) speeds it up)"
+        )
 
     @property
     def device(self):
@@ -207,18 +279,34 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         token_type_ids=None,
         attention_mask=None,
         pixel_mask=None,
-        output_hidden_states=False,
+        encoder_outputs=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        labels=None,
         output_proposal_logits=False,
-        return_dict=True,
         prompt_features=None,
         image_features=None,
         **unused,
     ):
-        """`prompt_features` (from `encode_prompt`) and `image_features` (from `encode_image`) replace the text
-        and image inputs when given: a prompt reused across images, or images reused across prompt chunks, is
-        encoded once."""
-        if unused.get("labels") is not None:
-            raise NotImplementedError("mmgdino's model is for inference; train with transformers' model")
+        """transformers' arguments (unset flags read the config, as there), plus: `prompt_features` (from
+        `encode_prompt`) and `image_features` (from `encode_image`) replace the text and image inputs when given:
+        a prompt reused across images, or images reused across prompt chunks, is encoded once."""
+        config = self.config
+        if labels is not None:
+            raise NotImplementedError(
+                "labels: mmgdino's model is for inference (no losses); train transformers' model, which "
+                "mmgdino.patch(model) speeds up"
+            )
+        if encoder_outputs is not None:
+            raise NotImplementedError("encoder_outputs: pass image_features= / prompt_features= instead")
+        if output_attentions if output_attentions is not None else config.output_attentions:
+            raise NotImplementedError(
+                "output_attentions: mmgdino's fused layers never form attention maps; use transformers' model "
+                "(optionally mmgdino.patch(model)) to inspect them"
+            )
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if prompt_features is None:
             prompt_features = self.encode_prompt(input_ids, token_type_ids, attention_mask)
         if image_features is None:
@@ -377,3 +465,20 @@ class MMGroundingDinoForObjectDetection(nn.Module):
                 GroundingDinoObjectDetectionOutput as Output,
             )
         return Output
+
+
+class GroundingDinoForObjectDetection(MMGroundingDinoForObjectDetection):
+    """The same model under transformers' Grounding DINO class name and class attributes (config class, tied
+    keys), for code that swaps `transformers.GroundingDinoForObjectDetection` for it. Either class loads either
+    family's checkpoints."""
+
+    FAMILY = "grounding-dino"
+
+
+def register_auto_classes():
+    """Make transformers' AutoModelForZeroShotObjectDetection (and pipelines built from a model id) resolve MM
+    Grounding DINO and Grounding DINO configs to mmgdino's classes, in this process, from now on."""
+    from transformers import AutoModelForZeroShotObjectDetection
+
+    for cls in (MMGroundingDinoForObjectDetection, GroundingDinoForObjectDetection):
+        AutoModelForZeroShotObjectDetection.register(cls.config_class, cls, exist_ok=True)

@@ -51,53 +51,76 @@ def initialize(model):
     return model
 
 
-def transformers_class(config):
+TRANSFORMERS_CLASSES = {
+    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
+    "grounding-dino": "GroundingDinoForObjectDetection",
+}
+
+
+def transformers_class_of(family):
     import transformers
 
-    names = {
-        "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
-        "grounding-dino": "GroundingDinoForObjectDetection",
-    }
-    if config.model_type not in names:
-        raise ModelLoadError(f"model_type {config.model_type!r} is not MM Grounding DINO, LLMDet or Grounding DINO")
-    return getattr(transformers, names[config.model_type])
+    if family not in TRANSFORMERS_CLASSES:
+        raise ModelLoadError(f"model_type {family!r} is not MM Grounding DINO, LLMDet or Grounding DINO")
+    return getattr(transformers, TRANSFORMERS_CLASSES[family])
 
 
-def load_pretrained(cls, name_or_path, *, dtype=None, device=None, revision=None, local_files_only=None):
+def transformers_class(config):
+    return transformers_class_of(config.model_type)
+
+
+def load_pretrained(cls, name_or_path, *model_args, dtype=None, device=None, config=None, state_dict=None,
+                    output_loading_info=False, **kwargs):  # fmt: skip
     """Read the checkpoint through transformers (its hub client, key conversions and tying), then move the weights
-    into our model; transformers' copy is dropped."""
+    into our model; transformers' copy is dropped. Every other from_pretrained argument (config=, state_dict=,
+    revision=, local_files_only=, subfolder=, ...) means what it means to transformers' own class, which gets it.
+    Returns the model, or (model, loading info) with output_loading_info=True."""
     from transformers import AutoConfig
 
-    path = Path(str(name_or_path)).expanduser()
-    if not path.is_dir() and (
-        path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
-    ):
-        raise ModelLoadError(f"model {str(name_or_path)!r}: no such directory")
-    where = str(path) if path.is_dir() else str(name_or_path)
+    where = None if name_or_path is None else str(name_or_path)
+    if where is not None:
+        path = Path(where).expanduser()
+        if not path.is_dir() and (path.exists() or where.startswith((".", "/", "~")) or where.count("/") > 1):
+            raise ModelLoadError(f"model {where!r}: no such directory")
+        where = str(path) if path.is_dir() else where
+    hub = {k: kwargs[k] for k in ("revision", "local_files_only", "subfolder", "token", "cache_dir") if k in kwargs}
+    if config is None:
+        if where is None:
+            raise ModelLoadError("from_pretrained needs a model id or folder, or config= (with state_dict=)")
+        try:
+            config = cache_first(AutoConfig.from_pretrained, where, **hub)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip()
+            raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
+    dtype = dtype if dtype not in (None, "auto") else None
+
+    def read(location, **more):
+        return transformers_class(config).from_pretrained(
+            location, *model_args, config=config, state_dict=state_dict, dtype=dtype or torch.float32,
+            output_loading_info=output_loading_info, **more,
+        )  # fmt: skip
+
     try:
-        config = cache_first(AutoConfig.from_pretrained, where, local_files_only=local_files_only, revision=revision)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        text = str(exc).strip()
-        raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
-    try:
-        reference = cache_first(transformers_class(config).from_pretrained, where, local_files_only=local_files_only,
-                                revision=revision, dtype=dtype or torch.float32)  # fmt: skip
+        loaded = read(None, **kwargs) if where is None else cache_first(read, where, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:  # a directory with a config but no (or unreadable) weights
         text = str(exc).strip()
         raise ModelLoadError(f"{where}: no readable weights ({text.splitlines()[0] if text else exc})") from exc
+    reference, info = loaded if output_loading_info else (loaded, None)
     model = cls(reference.config)
     load_state_dict(model, reference.state_dict())
+    model.name_or_path = where
     del reference
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    model = model.to(device=device, dtype=dtype or torch.float32).eval()
+    return (model, info) if output_loading_info else model
 
 
-def save_pretrained(model, directory):
+def save_pretrained(model, directory, **kwargs):
     """A checkpoint transformers (and we) can read: written by transformers' own model holding our weights, so the
-    keys and files are exactly what transformers writes."""
+    keys and files are exactly what transformers writes (kwargs: its save_pretrained's)."""
     reference = transformers_class(model.config)(model.config)
     reference.load_state_dict(model.state_dict())
-    reference.save_pretrained(str(directory))
+    reference.to(model.dtype).save_pretrained(str(directory), **kwargs)
