@@ -109,7 +109,14 @@ def _read_manifest(path):
         raise UsageError(f"--manifest {path}: no such file")
     rows = []
     try:
-        if path.suffix.lower() == ".csv":
+        if path.suffix.lower() == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise UsageError("a Parquet --manifest needs pyarrow: pip install pyarrow") from None
+            table = pq.read_table(path, columns=["image", "labels"]).to_pylist()
+            rows = [(row["image"], list(row["labels"])) for row in table]
+        elif path.suffix.lower() == ".csv":
             with path.open(newline="") as f:
                 for row in csv.DictReader(f):
                     rows.append((row["image"], [x for x in row["labels"].split(";") if x.strip()]))
@@ -122,7 +129,8 @@ def _read_manifest(path):
         raise UsageError(f"--manifest {path}: each entry needs an image and its labels ({exc})") from None
     if not rows:
         raise UsageError(f"--manifest {path}: no entries")
-    return [(path.parent / image, labels) for image, labels in rows]
+    # URIs (s3://..., with --ray) stay as they are; relative paths are relative to the manifest.
+    return [(image if "://" in image else path.parent / image, labels) for image, labels in rows]
 
 
 def _check_writable_file(option, value):
@@ -181,17 +189,34 @@ def _check_detect_args(args):
     elif args.format == "coco":
         raise UsageError("--format coco needs --out FILE.json")
     if args.draw:
+        if args.ray:
+            raise UsageError("--draw is not supported with --ray (draw from the records afterwards)")
         _check_draw_folder(args.draw)
+    if args.ray:
+        from .distributed import RayOptions, check_options
+
+        check_options(RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size))
+    elif args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker is not None:
+        raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
     if args.manifest is not None:
         entries = [(path, clean_labels(labels, where=f"labels of {path}")[0]) for path, labels in
                    _read_manifest(args.manifest)]  # fmt: skip
         for path, _ in entries:
-            if not path.is_file():
+            if isinstance(path, str) and not args.ray:
+                raise UsageError(f"--manifest: {path}: URIs need --ray")
+            if not isinstance(path, str) and not path.is_file():
                 raise UsageError(f"--manifest: {path}: no such file")
-        return [(p, p.parent) for p, _ in entries], [labels for _, labels in entries]
+        return [(p, None if isinstance(p, str) else p.parent) for p, _ in entries], [labels for _, labels in entries]
     labels, dropped = clean_labels(args.labels, where="--labels")
     if dropped:
         print(f"mmgdino detect: note: duplicate labels ignored: {', '.join(dropped)}", file=sys.stderr)
+    if args.ray:
+        from .distributed import list_images
+
+        found = list_images(args.images, IMAGE_SUFFIXES)
+        if not found:
+            raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        return [(key, None) for key, _ in found], [labels] * len(found)
     images = _image_paths(args.images)
     if not images:
         raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
@@ -206,17 +231,66 @@ def _progress_bar(total):
     return tqdm(total=total, desc="detect", unit="img", disable=total < 2, file=sys.stderr)
 
 
+class _StdoutRecords:
+    """Records as JSON Lines on stdout (detect without --out), one image at a time."""
+
+    def add(self, key, version, records):
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
+        sys.stdout.flush()
+
+
+_STDOUT = _StdoutRecords()
+
+
+def _finish_detect(args, store, vocabularies, failures, total):
+    from .results import write_coco
+
+    if store is not None and args.format == "coco":
+        categories = list(dict.fromkeys(label for v in vocabularies for label in v))
+        out, ids = write_coco(store.all_records(), args.out, categories)
+        print(f"mmgdino detect: wrote {out} and {ids}", file=sys.stderr)
+    if failures:
+        print(f"mmgdino detect: {failures} of {total} images failed (named above)", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _detect_on_ray(args, model, todo, vocabulary_of, versions, store, vocabularies):
+    from .distributed import DetectJob, RayOptions, run
+
+    job = DetectJob(model, device=args.device, dtype=args.dtype, threshold=args.threshold, batch_size=args.batch_size,
+                    text_threshold=args.text_threshold, chunk_merge_iou=args.chunk_merge_iou)  # fmt: skip
+    options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
+    try:
+        summary = run(job, [(key, vocabulary_of[key]) for key in todo], store or _STDOUT, versions, options,
+                      log=lambda m: print(f"mmgdino detect: {m}", file=sys.stderr, flush=True))  # fmt: skip
+    finally:
+        if store is not None:
+            store.close()
+    for _key, error in summary["failures"]:
+        print(f"mmgdino detect: {error}", file=sys.stderr)
+    rates = ", ".join(f"{name} {rate} img/s" for name, rate in summary["workers"].items())
+    counts = f"{summary['images']} images, {summary['records']} records, {len(summary['failures'])} failed"
+    print(f"mmgdino detect: ray: {counts}, {summary['seconds']} s; per worker: {rates}", file=sys.stderr)
+    return _finish_detect(args, store, vocabularies, len(summary["failures"]), len(todo))
+
+
 def _detect(args):
     from .detector import DEFAULT_CHUNK_MERGE_IOU, DEFAULT_MODEL, Detector
+    from .distributed import detection_records
     from .images import load_image
-    from .results import ResultStore, image_version, write_coco
+    from .results import ResultStore, image_version
 
     if args.chunk_merge_iou is None and not args.no_chunk_merge:
         args.chunk_merge_iou = DEFAULT_CHUNK_MERGE_IOU
     images, vocabularies = _check_detect_args(args)
-    keys = [str(path.resolve()) for path, _ in images]
+    keys = [path if isinstance(path, str) else str(path.resolve()) for path, _ in images]
     vocabulary_of = dict(zip(keys, vocabularies))  # the same image given twice (relative and absolute) is one
-    versions = {key: image_version(key) for key in vocabulary_of}
+    if args.ray:
+        from .distributed import version_of
+
+        versions = {key: version_of(key) for key in vocabulary_of}
+    else:
+        versions = {key: image_version(key) for key in vocabulary_of}
     model = args.model or DEFAULT_MODEL
     model_key = str(Path(model).resolve()) if Path(model).is_dir() else model
     settings = {"model": model_key, "dtype": args.dtype or "float32", "threshold": args.threshold,
@@ -233,6 +307,8 @@ def _detect(args):
     drawings = _drawing_paths(list(versions), args.draw) if args.draw else {}
     if not todo:
         print(f"mmgdino detect: all {len(versions)} images are already in {args.out}", file=sys.stderr)
+    elif args.ray:
+        return _detect_on_ray(args, model, todo, vocabulary_of, versions, store, vocabularies)
     else:
         detector = Detector(model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
     failures = 0
@@ -254,13 +330,7 @@ def _detect(args):
                 for key, image, detections in zip(batch, pil, results):
                     if args.draw:  # the drawing first: a record never lacks its drawing
                         _draw(image, detections, drawings[key])
-                    empty = {"label": None, "labels": [], "score": None, "box": None}
-                    records = [{"image": key, **det} for det in detections or [empty]]
-                    if store is None:
-                        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
-                        sys.stdout.flush()
-                    else:
-                        store.add(key, versions[key], records)
+                    (store or _STDOUT).add(key, versions[key], detection_records(key, detections))
             if progress is not None:
                 progress.update(len(todo[start : start + args.batch_size]))
     finally:
@@ -268,13 +338,7 @@ def _detect(args):
             progress.close()
         if store is not None:
             store.close()
-    if store is not None and args.format == "coco":
-        categories = list(dict.fromkeys(label for v in vocabularies for label in v))
-        out, ids = write_coco(store.all_records(), args.out, categories)
-        print(f"mmgdino detect: wrote {out} and {ids}", file=sys.stderr)
-    if failures:
-        print(f"mmgdino detect: {failures} of {len(todo)} images failed (named above)", file=sys.stderr)
-    return 1 if failures else 0
+    return _finish_detect(args, store, vocabularies, failures, len(todo))
 
 
 EXIT_CODES = """exit codes:
@@ -288,6 +352,14 @@ Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
 
 def _eval(args):
     from mmgdino import evaluation
+
+    ray = None
+    if args.ray:
+        from .distributed import RayOptions
+
+        ray = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
+    elif args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker is not None:
+        raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
 
     report = evaluation.evaluate(
         args.annotations,
@@ -303,11 +375,21 @@ def _eval(args):
         limit=args.limit,
         compare=args.compare,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        ray=ray,
     )
     print(Path(args.out, "summary.md").read_text().split("## Per category")[0].rstrip())
     for failure in report["failed_images"]:
         print(f"mmgdino eval: {failure['image']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed_images"] else 0
+
+
+def _add_ray_options(parser):
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="auto|local|ADDRESS",
+                        help="run on Ray Data: 'local' (the default when given alone) starts a private "
+                        "one-machine cluster on 127.0.0.1; 'auto' or host:port joins one (ray[data])")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, or CPUs - 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per actor (default 1 on GPUs)")
+    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per actor (default 1 on CPUs)")
 
 
 def _parser():
@@ -353,6 +435,7 @@ def _parser():
     detect.add_argument(
         "--draw", default=None, metavar="OUT_DIR", help="write annotated images here, mirroring the inputs' folders"
     )
+    _add_ray_options(detect)
     detect.set_defaults(fn=_detect)
     evaluate = sub.add_parser("eval", help="COCO / LVIS accuracy with mmdetection's MM Grounding DINO protocol",
                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -385,6 +468,7 @@ def _parser():
         default=None,
         help="also run transformers' model and post-processing; AP and time side by side",
     )
+    _add_ray_options(evaluate)
     evaluate.set_defaults(fn=_eval)
     info = sub.add_parser("info", help="versions, device, and which backends are built and available (and why not)")
     info.set_defaults(fn=_info)

@@ -82,7 +82,7 @@ def class_prompts(names, tokenizer, chunk_size, max_text_len):
             spans.append((len(ids), len(ids) + len(tokens)))
             ids += tokens + [dot_id]
         ids.append(sep_id)
-        if len(ids) > max_text_len:
+        if max_text_len is not None and len(ids) > max_text_len:
             raise UsageError(
                 f"classes {start + 1}-{start + len(spans)} make a {len(ids)}-token prompt, longer than the model's "
                 f"{max_text_len}; use a smaller --chunk-size"
@@ -102,12 +102,12 @@ def test_size(width, height, scale=TEST_SCALE):
     return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
-def preprocess(images, mean, std):
+def preprocess(images, mean, std, scale=TEST_SCALE):
     """PIL images -> (pixel_values (B, 3, H, W) float32, pixel_mask (B, H, W) int64), each resized by test_size
     with PIL bilinear resampling, normalized, and padded with zeros to the batch's largest size."""
     from PIL import Image
 
-    resized = [im.resize(test_size(*im.size), Image.BILINEAR) for im in images]
+    resized = [im.resize(test_size(*im.size, scale=scale), Image.BILINEAR) for im in images]
     height = max(im.height for im in resized)
     width = max(im.width for im in resized)
     pixel_values = torch.zeros(len(images), 3, height, width)
@@ -297,7 +297,7 @@ def compute_metrics(dataset, detections, protocol):
 # ------------------------------------------------------------------ the run
 
 
-def _settings(model, protocol, chunk_size, max_dets, batch_size, device, dtype, annotations):
+def _settings(model, protocol, chunk_size, max_dets, batch_size, device, dtype, annotations, scale):
     """What determines the predictions; a rerun into the same folder must agree on all of it."""
     return {
         "model": str(model),
@@ -308,6 +308,7 @@ def _settings(model, protocol, chunk_size, max_dets, batch_size, device, dtype, 
         "device": torch.device(device).type,
         "dtype": str(dtype).replace("torch.", ""),
         "annotations": str(Path(annotations).resolve()),
+        "scale": list(scale),
     }
 
 
@@ -321,7 +322,74 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled or total < 2, file=sys.stderr)
 
 
-def predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progress=True, log=None):
+def detect_batch(detector, prompts, category_ids, max_dets, images, scale=TEST_SCALE):
+    """The protocol on a batch of PIL images: per image, [(category id, score, [x, y, w, h])], each prompt
+    chunk's top `max_dets` concatenated. The image features are computed once for all chunks."""
+    mean = detector.processor.image_processor.image_mean
+    std = detector.processor.image_processor.image_std
+    model, device, dtype = detector.model, detector.device, detector.dtype
+    pixel_values, pixel_mask = preprocess(images, mean, std, scale)
+    per_image = [[] for _ in images]
+    with torch.inference_mode():
+        features = model.encode_image(pixel_values.to(device, dtype), pixel_mask.to(device))
+        for prompt in prompts:
+            out = model(prompt_features=detector._encoded_prompt(prompt.input_ids), image_features=features)
+            probs = out.logits.float().sigmoid()
+            for row, image in enumerate(images):
+                scores = class_scores(probs[row], prompt.spans)
+                classes, values, boxes = top_detections(
+                    scores, out.pred_boxes[row], max_dets, image.width, image.height
+                )
+                per_image[row] += [(category_ids[prompt.classes[c]], v, b) for c, v, b in zip(classes, values, boxes)]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return per_image
+
+
+def image_records(key, image_id, detections):
+    """One image's records in the predictions cache (COCO results fields plus the image's key)."""
+    return [{"image": key, "image_id": image_id, "category_id": c, "score": round(v, 6),
+             "bbox": [round(x, 3) for x in b]} for c, v, b in detections]  # fmt: skip
+
+
+@dataclass
+class EvalJob:
+    """The protocol on a batch, in this process or in a Ray actor: per image, its COCO-style records."""
+
+    model: str
+    names: list
+    category_ids: list
+    chunk_size: int
+    max_dets: int
+    device: str = None
+    dtype: str = None
+    scale: tuple = (800, 1333)
+    fault_injection: dict = field(default=None, repr=False)
+
+    def setup(self):
+        import torch
+
+        from . import evaluation
+        from .detector import Detector
+
+        self.detector = Detector(
+            self.model, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None
+        )
+        self.prompts = evaluation.class_prompts(self.names, self.detector.tokenizer, self.chunk_size,
+                                                self.detector.model.config.max_text_len)  # fmt: skip
+        self.batches = 0
+
+    def __call__(self, keys, images, payloads):
+        from .distributed import _maybe_die
+
+        _maybe_die(self)
+        found = detect_batch(self.detector, self.prompts, self.category_ids, self.max_dets, images, self.scale)
+        return [image_records(key, payload["image_id"], detections)
+                for key, payload, detections in zip(keys, payloads, found)]  # fmt: skip
+
+
+def predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progress=True, log=None,
+            scale=TEST_SCALE):  # fmt: skip
     """Runs mmgdino's model over the images `todo` (keys of store), writing each image's detections as it
     finishes. Returns (images done, failures [(path, reason)], seconds in the model)."""
     from .errors import ImageReadError
@@ -329,12 +397,7 @@ def predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progr
     from .results import image_version
 
     by_key = {str(im["path"]): im for im in dataset.images}
-    mean = detector.processor.image_processor.image_mean
-    std = detector.processor.image_processor.image_std
-    model, device, dtype = detector.model, detector.device, detector.dtype
     category_ids = [c["id"] for c in dataset.categories]
-    with torch.inference_mode():
-        encoded = [detector._encoded_prompt(p.input_ids) for p in prompts]
     failures, seconds, done = [], 0.0, 0
     bar = _progress(len(todo), "eval", progress)
     for start in range(0, len(todo), batch_size):
@@ -348,38 +411,12 @@ def predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progr
                 if log:
                     log(f"skipped: {exc}")
         if batch:
-            pixel_values, pixel_mask = preprocess(loaded, mean, std)
             began = time.perf_counter()
-            per_image = [[] for _ in batch]
-            with torch.inference_mode():
-                features = model.encode_image(pixel_values.to(device, dtype), pixel_mask.to(device))
-                for prompt, prompt_features in zip(prompts, encoded):
-                    out = model(prompt_features=prompt_features, image_features=features)
-                    probs = out.logits.float().sigmoid()
-                    for row, image in enumerate(loaded):
-                        scores = class_scores(probs[row], prompt.spans)
-                        classes, values, boxes = top_detections(
-                            scores, out.pred_boxes[row], max_dets, image.width, image.height
-                        )
-                        per_image[row] += [
-                            (category_ids[prompt.classes[c]], v, b) for c, v, b in zip(classes, values, boxes)
-                        ]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            found = detect_batch(detector, prompts, category_ids, max_dets, loaded, scale)
             seconds += time.perf_counter() - began
-            for entry, detections in zip(batch, per_image):
+            for entry, detections in zip(batch, found):
                 key = str(entry["path"])
-                records = [
-                    {
-                        "image": key,
-                        "image_id": entry["id"],
-                        "category_id": c,
-                        "score": round(v, 6),
-                        "bbox": [round(x, 3) for x in b],
-                    }  # fmt: skip
-                    for c, v, b in detections
-                ]
-                store.add(key, image_version(key), records)
+                store.add(key, image_version(key), image_records(key, entry["id"], detections))
                 done += 1
         if bar is not None:
             bar.update(len(todo[start : start + batch_size]))
@@ -390,14 +427,16 @@ def predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progr
 
 def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="protocol", max_dets=None,
              batch_size=1, device=None, dtype=None, limit=None, compare=None, processor=None, progress=True,
-             log=None):  # fmt: skip
+             log=None, ray=None, scale=None):  # fmt: skip
     """Runs the protocol (module docstring) and writes into the folder `out`:
     predictions.jsonl (+ .progress: the per-image cache a rerun resumes from), detections.json (COCO results),
     metrics.json, per_category.json, summary.md. Returns the metrics.json content.
 
     chunk_size: classes per prompt ("protocol": the protocol's, None: all in one prompt); max_dets: detections
     kept per image and prompt chunk (default 300); limit: only the first N images (by id), recorded as a subset;
-    compare: "transformers" also runs transformers' model and post-processing on the same images."""
+    compare: "transformers" also runs transformers' model and post-processing on the same images; ray: a
+    mmgdino.distributed.RayOptions to run the images on a Ray cluster; scale: the test resize's (shorter side,
+    longer side limit), mmdetection's (800, 1333) unless changed (recorded in the settings)."""
     from .detector import DEFAULT_MODEL, Detector, check_device_and_dtype
     from .results import ResultStore, _write_atomically, image_version
 
@@ -406,6 +445,7 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
     if compare not in (None, "transformers"):
         raise UsageError(f"--compare must be 'transformers', got {compare!r}")
     chunk_size = PROTOCOLS[protocol]["chunk_size"] if chunk_size == "protocol" else chunk_size
+    scale = TEST_SCALE if scale is None else tuple(scale)
     max_dets = PROTOCOLS[protocol]["max_dets"] if max_dets is None else max_dets
     for name, value in (("--max-dets", max_dets), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -418,7 +458,7 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     device, dtype = check_device_and_dtype(device, dtype)
     model = DEFAULT_MODEL if model is None else model
-    settings = _settings(model, protocol, chunk_size, max_dets, batch_size, device, dtype, annotations)
+    settings = _settings(model, protocol, chunk_size, max_dets, batch_size, device, dtype, annotations, scale)
     store = ResultStore(out / "predictions.jsonl", settings)
     versions = {str(im["path"]): image_version(im["path"]) for im in dataset.images}
     todo = store.open(versions)
@@ -426,12 +466,34 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
     log(f"{len(dataset.images)} images ({len(dataset.images) - len(todo)} already done), "
         f"{len(dataset.categories)} categories, protocol {protocol}")  # fmt: skip
 
-    detector = Detector(model, device=device, dtype=dtype, processor=processor)
-    prompts = class_prompts(dataset.names, detector.tokenizer, chunk_size, detector.model.config.max_text_len)
-    try:
-        done, failures, seconds = predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progress, log)
-    finally:
-        store.close()
+    if ray is not None:
+        from . import distributed
+
+        if not isinstance(model, (str, Path)) or processor is not None:
+            raise UsageError("with ray, give the model as a hub id or folder (each worker loads it)")
+        ray.batch_size = batch_size
+        job = EvalJob(str(model), dataset.names, [c["id"] for c in dataset.categories], chunk_size,
+                                  max_dets, device=str(device), dtype=str(dtype).replace("torch.", ""),
+                                  scale=tuple(scale))  # fmt: skip
+        by_key = {str(im["path"]): im for im in dataset.images}
+        try:
+            summary = distributed.run(job, [(k, {"image_id": by_key[k]["id"]}) for k in todo], store, versions, ray,
+                                      progress, log)  # fmt: skip
+        finally:
+            store.close()
+        failures = summary["failures"]
+        done = summary["images"] - len(failures)
+        rates = [r for r in summary["workers"].values() if r]
+        seconds = done / sum(rates) * len(rates) if rates else 0.0  # per-image model time, as one worker sees it
+        prompts = class_prompts(dataset.names, _tokenizer_of(model), chunk_size, None)
+    else:
+        detector = Detector(model, device=device, dtype=dtype, processor=processor)
+        prompts = class_prompts(dataset.names, detector.tokenizer, chunk_size, detector.model.config.max_text_len)
+        try:
+            done, failures, seconds = predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progress,
+                                              log, scale)  # fmt: skip
+        finally:
+            store.close()
 
     wanted = set(versions)
     records = [r for r in store.all_records() if r.get("image") in wanted]
@@ -452,6 +514,7 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         "batched": batch_size > 1,
         "seconds_per_image": round(seconds / done, 4) if done else None,
         "images_timed": done,
+        "ray": None if ray is None else {"workers": summary["workers"], "seconds": summary["seconds"]},
     }
     if compare == "transformers":
         report["transformers"] = compare_transformers(dataset, model, chunk_size, device, dtype, out, progress, log)
@@ -459,6 +522,14 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
     _write_atomically(out / "per_category.json", json.dumps(result["per_category"], indent=1) + "\n")
     _write_atomically(out / "summary.md", summary_markdown(report, result["per_category"]))
     return report
+
+
+def _tokenizer_of(model):
+    from transformers import AutoTokenizer
+
+    from .modeling.hub import cache_first
+
+    return cache_first(AutoTokenizer.from_pretrained, str(model))
 
 
 def _format(value):

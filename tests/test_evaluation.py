@@ -163,16 +163,14 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
-def _small_scale(monkeypatch):
-    # The protocol's 800x1333 on a random model costs seconds per image here; the rule is tested above.
-    monkeypatch.setattr(evaluation.test_size, "__defaults__", ((128, 160),))
+# The protocol's 800x1333 on a random model costs seconds per image here; the rule is tested above.
+SMALL = (128, 160)
 
 
 def test_eval_writes_its_files_and_matches_the_protocol_by_hand(checkpoint, tmp_path, monkeypatch):
-    _small_scale(monkeypatch)
     path, images = make_dataset(tmp_path / "data", num_images=4)
     out = tmp_path / "out"
-    report = evaluation.evaluate(path, images, out, model=checkpoint, protocol="coco", progress=False)
+    report = evaluation.evaluate(path, images, scale=SMALL, out=out, model=checkpoint, protocol="coco", progress=False)
     for name in ("predictions.jsonl", "detections.json", "metrics.json", "per_category.json", "summary.md"):
         assert (out / name).is_file(), name
     assert set(report["metrics"]) == set(evaluation.COCO_KEYS + evaluation.MMDET_KEYS)
@@ -193,7 +191,7 @@ def test_eval_writes_its_files_and_matches_the_protocol_by_hand(checkpoint, tmp_
     (prompt,) = evaluation.class_prompts(CATEGORY_NAMES, processor.tokenizer, None, 256)
     image = Image.open(images / "img0.png").convert("RGB")
     pixels, mask = evaluation.preprocess([image], processor.image_processor.image_mean,
-                                         processor.image_processor.image_std)  # fmt: skip
+                                         processor.image_processor.image_std, SMALL)  # fmt: skip
     ids = torch.tensor([prompt.input_ids])
     with torch.inference_mode():
         out_hf = model(pixel_values=pixels, pixel_mask=mask, input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -206,10 +204,9 @@ def test_eval_writes_its_files_and_matches_the_protocol_by_hand(checkpoint, tmp_
 
 
 def test_eval_chunks_concatenate_each_chunks_top_k(checkpoint, tmp_path, monkeypatch):
-    _small_scale(monkeypatch)
     path, images = make_dataset(tmp_path / "data", num_images=2, lvis=True)
     report = evaluation.evaluate(path, images, tmp_path / "out", model=checkpoint, protocol="lvis", chunk_size=3,
-                                 max_dets=5, progress=False)  # fmt: skip
+                                 max_dets=5, progress=False, scale=SMALL)  # fmt: skip
     assert report["prompts"] == 2 and report["ap_kind"].startswith("Fixed AP")
     assert set(report["metrics"]) == set(evaluation.LVIS_KEYS)
     detections = json.loads((tmp_path / "out" / "detections.json").read_text())
@@ -220,10 +217,9 @@ def test_eval_chunks_concatenate_each_chunks_top_k(checkpoint, tmp_path, monkeyp
 
 
 def test_eval_resumes_after_an_interruption_without_duplicates(checkpoint, tmp_path, monkeypatch):
-    _small_scale(monkeypatch)
     path, images = make_dataset(tmp_path / "data", num_images=4)
     out = tmp_path / "out"
-    full = evaluation.evaluate(path, images, tmp_path / "reference", model=checkpoint, progress=False)
+    full = evaluation.evaluate(path, images, scale=SMALL, out=tmp_path / "reference", model=checkpoint, progress=False)
 
     from mmgdino import results
 
@@ -238,10 +234,10 @@ def test_eval_resumes_after_an_interruption_without_duplicates(checkpoint, tmp_p
 
     monkeypatch.setattr(results.ResultStore, "add", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate(path, images, out, model=checkpoint, progress=False)
+        evaluation.evaluate(path, images, scale=SMALL, out=out, model=checkpoint, progress=False)
     monkeypatch.setattr(results.ResultStore, "add", real_add)
     done_before = len(calls)
-    resumed = evaluation.evaluate(path, images, out, model=checkpoint, progress=False)
+    resumed = evaluation.evaluate(path, images, scale=SMALL, out=out, model=checkpoint, progress=False)
     assert done_before == 2 and resumed["images_timed"] == 2  # only the missing images ran
     assert resumed["metrics"] == pytest.approx(full["metrics"])
     ours = json.loads((out / "detections.json").read_text())
@@ -249,13 +245,16 @@ def test_eval_resumes_after_an_interruption_without_duplicates(checkpoint, tmp_p
 
 
 def test_eval_on_a_subset_says_so_and_other_settings_are_refused(checkpoint, tmp_path, monkeypatch):
-    _small_scale(monkeypatch)
     path, images = make_dataset(tmp_path / "data", num_images=4)
-    report = evaluation.evaluate(path, images, tmp_path / "out", model=checkpoint, limit=2, progress=False)
+    report = evaluation.evaluate(
+        path, images, scale=SMALL, out=tmp_path / "out", model=checkpoint, limit=2, progress=False
+    )
     assert report["subset"] and report["images"] == 2
     assert "SUBSET" in (tmp_path / "out" / "summary.md").read_text()
     with pytest.raises(UsageError, match="max_dets"):
-        evaluation.evaluate(path, images, tmp_path / "out", model=checkpoint, max_dets=7, progress=False)
+        evaluation.evaluate(
+            path, images, scale=SMALL, out=tmp_path / "out", model=checkpoint, max_dets=7, progress=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -281,7 +280,7 @@ def test_eval_usage_errors_are_one_line_and_exit_2(tmp_path, capsys, change, wor
 
 
 def test_cli_eval_prints_the_summary(checkpoint, tmp_path, capsys, monkeypatch):
-    _small_scale(monkeypatch)
+    monkeypatch.setattr(evaluation, "TEST_SCALE", SMALL)
     path, images = make_dataset(tmp_path / "data", num_images=2)
     argv = ["eval", "--annotations", str(path), "--images", str(images), "--out", str(tmp_path / "o"),
             "--model", str(checkpoint)]  # fmt: skip
@@ -293,10 +292,9 @@ def test_cli_eval_prints_the_summary(checkpoint, tmp_path, capsys, monkeypatch):
 
 
 def test_compare_runs_transformers_on_the_same_images(checkpoint, tmp_path, monkeypatch):
-    _small_scale(monkeypatch)
     path, images = make_dataset(tmp_path / "data", num_images=2)
     report = evaluation.evaluate(path, images, tmp_path / "out", model=checkpoint, compare="transformers",
-                                 progress=False)  # fmt: skip
+                                 progress=False, scale=SMALL)  # fmt: skip
     theirs = report["transformers"]
     assert set(theirs["metrics"]) == set(report["metrics"])
     assert theirs["seconds_per_image"] > 0 and "post_process_grounded_object_detection" in theirs["how"]
