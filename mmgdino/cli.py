@@ -1,5 +1,5 @@
 """The `mmgdino` command: `detect` (images -> JSON Lines or COCO),
-`eval` (COCO / LVIS accuracy with mmdetection's protocol),
+`eval` (COCO / LVIS accuracy with mmdetection's protocol), `export onnx` (a file ONNX Runtime and OpenVINO run),
 `bench` (speed and agreement against transformers) and
 `info` (versions, backends)."""
 
@@ -53,6 +53,28 @@ def _info(args):
     return 0
 
 
+def _bench_onnx(args):
+    from .export import parse_size
+
+    height, width = parse_size(args.onnx)
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise UsageError(
+                f"--onnx needs {package}: pip install onnx onnxscript onnxruntime (and openvino)"
+            ) from None
+    from .bench import onnx
+
+    report = onnx.compare(height, width, args.repeats or 3, log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(str(args.out) + "-onnx")
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(onnx.markdown(report))
+    print(onnx.markdown(report))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
 def _bench(args):
     from mmgdino import bench
 
@@ -63,6 +85,8 @@ def _bench(args):
             raise UsageError("--plot needs matplotlib: pip install matplotlib (or mmgdino[plot])") from None
     if args.repeats is not None and args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.onnx:
+        return _bench_onnx(args)
     dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else None
     report = bench.run_ops(
         device=args.device,
@@ -192,6 +216,10 @@ def _check_detect_args(args):
         if args.ray:
             raise UsageError("--draw is not supported with --ray (draw from the records afterwards)")
         _check_draw_folder(args.draw)
+    if args.runtime and not str(args.model or "").endswith(".onnx"):
+        raise UsageError(f"--runtime {args.runtime} runs an exported --model FILE.onnx (mmgdino export onnx)")
+    if str(args.model or "").endswith(".onnx") and args.ray:
+        raise UsageError("--ray runs checkpoints, not exported .onnx files")
     if args.ray:
         from .distributed import RayOptions, check_options
 
@@ -292,9 +320,10 @@ def _detect(args):
     else:
         versions = {key: image_version(key) for key in vocabulary_of}
     model = args.model or DEFAULT_MODEL
-    model_key = str(Path(model).resolve()) if Path(model).is_dir() else model
-    settings = {"model": model_key, "dtype": args.dtype or "float32", "threshold": args.threshold,
-                "text_threshold": args.text_threshold, "chunk_merge_iou": args.chunk_merge_iou,
+    model_key = str(Path(model).resolve()) if Path(model).exists() else model
+    settings = {"model": model_key, "runtime": args.runtime, "dtype": args.dtype or "float32",
+                "threshold": args.threshold, "text_threshold": args.text_threshold,
+                "chunk_merge_iou": args.chunk_merge_iou,
                 "labels": list(vocabularies[0]) if args.manifest is None
                 else f"manifest {Path(args.manifest).resolve()}"}  # fmt: skip
     store = None
@@ -310,7 +339,8 @@ def _detect(args):
     elif args.ray:
         return _detect_on_ray(args, model, todo, vocabulary_of, versions, store, vocabularies)
     else:
-        detector = Detector(model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+        detector = Detector(model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                            runtime=args.runtime)  # fmt: skip
     failures = 0
     progress = _progress_bar(len(todo)) if todo else None
     try:
@@ -348,6 +378,21 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C); what was written is consistent: rerun the same command to finish
 
 Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
+
+
+def _export(args):
+    from .detector import DEFAULT_MODEL
+    from .export import export_onnx, parse_size
+
+    if args.dynamic_size and args.image_size:
+        raise UsageError("give --image-size or --dynamic-size, not both")
+    size = parse_size(args.image_size or "800x1333")
+    result = export_onnx(args.model or DEFAULT_MODEL, args.out, image_size=size, dynamic_batch=args.dynamic_batch,
+                         dynamic_size=args.dynamic_size, opset=args.opset, dtype=args.dtype,
+                         log=lambda m: print(f"mmgdino export: {m}", file=sys.stderr, flush=True))  # fmt: skip
+    print(json.dumps({"onnx": str(result["onnx"]), "sidecar": str(result["sidecar"]),
+                      "seconds": round(result["seconds"], 1), "nodes": result["nodes"]}))  # fmt: skip
+    return 0
 
 
 def _eval(args):
@@ -435,6 +480,8 @@ def _parser():
     detect.add_argument(
         "--draw", default=None, metavar="OUT_DIR", help="write annotated images here, mirroring the inputs' folders"
     )
+    detect.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                        help="runtime for an exported --model FILE.onnx (default: onnxruntime)")  # fmt: skip
     _add_ray_options(detect)
     detect.set_defaults(fn=_detect)
     evaluate = sub.add_parser("eval", help="COCO / LVIS accuracy with mmdetection's MM Grounding DINO protocol",
@@ -470,6 +517,17 @@ def _parser():
     )
     _add_ray_options(evaluate)
     evaluate.set_defaults(fn=_eval)
+    export = sub.add_parser("export", help="export the model to a file other runtimes run",
+                            epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("--model", default=None, help="hub id or local directory (default: as detect)")
+    export.add_argument("--out", required=True, help="the .onnx file (its sidecar folder <name>.mmgdino/ beside it)")
+    export.add_argument("--opset", type=int, default=20)
+    export.add_argument("--image-size", default=None, metavar="HxW", help="fixed input size (default 800x1333)")
+    export.add_argument("--dynamic-size", action="store_true", help="not supported (says why)")
+    export.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: 1)")
+    export.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    export.set_defaults(fn=_export)
     info = sub.add_parser("info", help="versions, device, and which backends are built and available (and why not)")
     info.set_defaults(fn=_info)
     bench = sub.add_parser("bench", help="benchmark every available backend against transformers' PyTorch code")
@@ -491,6 +549,9 @@ def _parser():
     bench.add_argument("--out", default="mmgdino-bench-results",
                        help="write JSON and a markdown table (and the --plot PNG) at this path, suffixes replaced "
                        "(default: ./mmgdino-bench-results.*)")  # fmt: skip
+    bench.add_argument("--onnx", nargs="?", const="320x480", default=None, metavar="HxW",
+                       help="instead: mmgdino's ONNX export vs transformers' exporter in ONNX Runtime and OpenVINO "
+                       "(export and run times, agreement), at HxW (default 320x480)")  # fmt: skip
     bench.set_defaults(fn=_bench)
     return parser
 

@@ -126,8 +126,13 @@ class Detector:
     `ImageReadError` (one image), `ModelLoadError` (the model or processor).
     """
 
-    def __init__(self, model=DEFAULT_MODEL, device=None, dtype=None, processor=None):
+    def __init__(self, model=DEFAULT_MODEL, device=None, dtype=None, processor=None, runtime=None):
         device, dtype = check_device_and_dtype(device, dtype)
+        self.onnx = None
+        if str(model).endswith(".onnx") or runtime is not None:
+            self._init_onnx(model, runtime or "onnxruntime", processor)
+            self.device, self.dtype = torch.device("cpu"), torch.float32
+            return
         if isinstance(model, MMGroundingDinoForObjectDetection):
             self.model = model.to(device=device, dtype=dtype).eval()
         elif isinstance(model, torch.nn.Module):
@@ -141,8 +146,24 @@ class Detector:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device, self.dtype = device, dtype
+        self.max_text_len = self.model.config.max_text_len
         self._prompt_cache = {}  # token ids -> encoded prompt
         self._chunk_cache = {}  # labels -> prompt_chunks(labels)
+
+    def _init_onnx(self, path, runtime, processor):
+        """An exported file (mmgdino export onnx) run by ONNX Runtime or OpenVINO; same prompts, same rules."""
+        from transformers import AutoConfig
+
+        from .export import OnnxModel, sidecar
+
+        if not str(path).endswith(".onnx"):
+            raise UsageError(f"--runtime {runtime} runs an exported .onnx file; got model {str(path)!r}")
+        self.onnx = OnnxModel(path, runtime)
+        self.model = None
+        self.processor = processor or _load_processor(sidecar(path))
+        self.tokenizer = self.processor.tokenizer
+        self.max_text_len = AutoConfig.from_pretrained(sidecar(path)).max_text_len
+        self._prompt_cache, self._chunk_cache = {}, {}
 
     # ------------------------------------------------------------------ prompts
 
@@ -155,7 +176,7 @@ class Detector:
     def prompt_chunks(self, labels):
         """Split labels into prompts "l1. l2. ..." of at most max_text_len tokens. Returns a list of
         (label indices, input_ids list, [(start, end) token span of each label])."""
-        limit = self.model.config.max_text_len
+        limit = self.max_text_len
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         dot_id = self.tokenizer.convert_tokens_to_ids(".")
         chunks, current = [], None
@@ -247,29 +268,61 @@ class Detector:
             raise UsageError(f"labels: {len(labels)} vocabularies for {count} images; give one list per image")
         return [clean_labels(v, where=f"labels of image {i}")[0] for i, v in enumerate(labels)]
 
-    def _detect_batch(self, pil_images, vocabularies, threshold, text_threshold, chunk_merge_iou):
+    def _pixels(self, pil_images):
+        """(pixel_values, pixel_mask) of a batch: the checkpoint processor's resize and padding, or for an exported
+        file, resized to fit its fixed size and padded."""
+        if self.onnx is not None:
+            from .export import fit_inside
+
+            image_processor = self.processor.image_processor
+            values, mask = fit_inside(pil_images, self.onnx.image_size, image_processor.image_mean,
+                                      image_processor.image_std)  # fmt: skip
+            return torch.from_numpy(values), torch.from_numpy(mask)
         pixels = self.processor.image_processor(images=pil_images, return_tensors="pt")
-        pixel_values = pixels["pixel_values"].to(self.device, self.dtype)
-        pixel_mask = pixels["pixel_mask"].to(self.device)
+        return pixels["pixel_values"], pixels["pixel_mask"]
+
+    def _onnx_round(self, pixel_values, pixel_mask, members, prompts):
+        """(logits, pred_boxes) of one prompt round from the exported file: prompts padded to the longest."""
+        length = max(len(p) for p in prompts)
+        ids = np.zeros((len(members), length), dtype=np.int64)
+        mask = np.zeros((len(members), length), dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+            mask[row, : len(prompt)] = 1
+        rows = [members] if self.onnx.meta["dynamic_batch"] else [[m] for m in members]
+        parts = []
+        for group in rows:
+            index = [members.index(m) for m in group]
+            parts.append(self.onnx(pixel_values[group].numpy(), pixel_mask[group].numpy(), ids[index], mask[index]))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _detect_batch(self, pil_images, vocabularies, threshold, text_threshold, chunk_merge_iou):
+        pixel_values, pixel_mask = self._pixels(pil_images)
         chunks = [self._chunks_of(v) for v in vocabularies]
         found = [[] for _ in pil_images]
         chunk_of = [[] for _ in pil_images]
         with torch.inference_mode():
-            image_features = self.model.encode_image(pixel_values, pixel_mask)
+            if self.onnx is None:
+                pixel_values = pixel_values.to(self.device, self.dtype)
+                image_features = self.model.encode_image(pixel_values, pixel_mask.to(self.device))
             for round_ in range(max(len(c) for c in chunks)):
                 members = [i for i, c in enumerate(chunks) if round_ < len(c)]
-                features = image_features
-                if len(members) < len(pil_images):
-                    index = torch.tensor(members, device=self.device)
-                    vision, keep, pos, levels, ratios = image_features
-                    features = (vision[index], keep[index], pos[index], levels, ratios[index])
-                prompt = self._prompt_batch([chunks[i][round_][1] for i in members])
-                out = self.model(prompt_features=prompt, image_features=features)
-                probs = out.logits.float().sigmoid()  # (B, Q, max_text_len), 0 outside the prompt's tokens
+                prompts = [chunks[i][round_][1] for i in members]
+                if self.onnx is not None:
+                    logits, pred_boxes = self._onnx_round(pixel_values, pixel_mask, members, prompts)
+                else:
+                    features = image_features
+                    if len(members) < len(pil_images):
+                        index = torch.tensor(members, device=self.device)
+                        vision, keep, pos, levels, ratios = image_features
+                        features = (vision[index], keep[index], pos[index], levels, ratios[index])
+                    out = self.model(prompt_features=self._prompt_batch(prompts), image_features=features)
+                    logits, pred_boxes = out.logits, out.pred_boxes
+                probs = logits.float().sigmoid()  # (B, Q, max_text_len), 0 outside the prompt's tokens
                 for row, i in enumerate(members):
                     label_indices, _, spans = chunks[i][round_]
                     per_label = torch.stack([probs[row, :, a:b].amax(-1) for a, b in spans], -1)  # (Q, labels)
-                    detections = self._detections(per_label, out.pred_boxes[row].float(), pil_images[i],
+                    detections = self._detections(per_label, pred_boxes[row].float(), pil_images[i],
                                                   [vocabularies[i][k] for k in label_indices], threshold,
                                                   text_threshold)  # fmt: skip
                     found[i] += detections

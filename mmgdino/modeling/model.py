@@ -54,19 +54,23 @@ class Context:
 
 def phrase_attention(input_ids, special_tokens):
     """Tokens attend to the tokens of their own phrase (phrases end at a special token) and to themselves; the
-    position ids restart at every phrase. Returns (keep (B, T, T) bool, position_ids (B, T))."""
+    position ids restart at every phrase. Returns (keep (B, T, T) bool, position_ids (B, T)).
+
+    Written with (T, T) comparisons instead of cumulative max/min and isin, which ONNX lacks; T <= 256."""
     batch, length = input_ids.shape
-    idx = torch.arange(length, device=input_ids.device).expand(batch, -1)
-    special = torch.isin(input_ids, special_tokens)
-    # The phrase of token i is named by the first special token at or after i.
-    phrase_end = torch.where(special, idx, torch.full_like(idx, length)).flip(1).cummin(1).values.flip(1)
-    # The previous phrase ended at the last special token strictly before i.
-    last_special = torch.where(special, idx, torch.full_like(idx, -1)).cummax(1).values
-    previous_end = torch.cat([last_special.new_full((batch, 1), -1), last_special[:, :-1]], 1)
+    idx = torch.arange(length, device=input_ids.device)
+    special = (input_ids[..., None] == special_tokens).any(-1)  # (B, T)
+    later = idx[None, :] >= idx[:, None]  # [i, j]: j at or after i
+    # The phrase of token i is named by the first special token at or after i (length: none).
+    ends = torch.where(special[:, None, :] & later[None], idx[None, None, :], length)
+    phrase_end = ends.amin(-1)
+    # The previous phrase ended at the last special token strictly before i (-1: none).
+    starts = torch.where(special[:, None, :] & ~later[None], idx[None, None, :], -1)
+    previous_end = starts.amax(-1)
     in_phrase = (phrase_end != 0) & (phrase_end != length - 1) & (phrase_end != length)
     keep = (phrase_end[:, :, None] == phrase_end[:, None, :]) & in_phrase[:, None, :]
     keep |= torch.eye(length, dtype=torch.bool, device=input_ids.device)
-    position_ids = torch.where(in_phrase, idx - previous_end - 1, torch.zeros_like(idx)).clamp_min(0)
+    position_ids = torch.where(in_phrase, idx - previous_end - 1, torch.zeros_like(previous_end)).clamp_min(0)
     return keep, position_ids
 
 
