@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include "mmgdino/build_info.h"
+#include "cpu/cpu_float.h"
 
 namespace {
 
@@ -20,7 +21,8 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
   if (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_arch_list", mmgdino::cuda_arch_list().c_str()) < 0) {
+      PyModule_AddStringConstant(module, "cuda_arch_list", mmgdino::cuda_arch_list().c_str()) < 0 ||
+      PyModule_AddStringConstant(module, "cpu_isa", mmgdino::cpu_isa()) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -29,6 +29,9 @@ def _info(args):
         f"{' with CUDA' if _extension.has_cuda_kernels else ''}"
         f"{'' if not _extension.build_record else ' against torch ' + _extension.build_record['torch']}"
     )
+    if _extension.has_cpu_kernels:
+        isa = getattr(_extension._C, "cpu_isa", "baseline")
+        print(f"  CPU build    {isa} (chosen for this CPU; MMGDINO_CPU_ISA=baseline forces the portable one)")
     if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
         print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:

@@ -71,7 +71,7 @@ bool fused_float(const at::Tensor& vision, const at::Tensor& text, const at::Ten
                                   d.dim,
                                   max_text_len};
   float* out_ptr = out.mutable_data_ptr<float>();
-  const bool avx2 = cpu_has_avx2();
+  const bool avx2 = use_avx2();
   at::parallel_for(0, d.batch * d.num_rows, 64, [&](int64_t begin, int64_t end) {
     avx2 ? cpu_avx2::contrastive_rows(args, reduce_max, out_ptr, begin, end)
          : cpu_baseline::contrastive_rows(args, reduce_max, out_ptr, begin, end);

@@ -1,10 +1,13 @@
-// The AVX2 + FMA build of the float32 fast path; used only where the CPU reports AVX2 and FMA.
+// The AVX2 + FMA + F16C build of the fast paths; used only where the CPU reports all three.
 #include "cpu_float.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #define MMGDINO_HAVE_AVX2_BUILD 1
+#include <immintrin.h>  // F16C conversions, under this file's target
+// The target pragma enables F16C instructions but does not define __F16C__ for the preprocessor.
+#define MMGDINO_F16C 1
 #endif
 
 namespace mmgdino {

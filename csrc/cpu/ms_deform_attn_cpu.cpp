@@ -90,9 +90,10 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
   });
 }
 
-// The float32 fast path handles head sizes 8, 16, 32, 64 and 128 (returns 0 otherwise).
-int float_fast_path_chunks(const at::Tensor& value, const MsdaDims& d) {
-  if (value.scalar_type() != at::kFloat || d.num_levels * d.num_points * 4 > kMaxTapsPerHead) return 0;
+// The fast paths handle head sizes 8, 16, 32, 64 and 128 (returns 0 otherwise): the forward for float32,
+// bfloat16 and float16 inputs, the backward for float32.
+int fast_path_chunks(const MsdaDims& d) {
+  if (d.num_levels * d.num_points * 4 > kMaxTapsPerHead) return 0;
   switch (d.head_dim) {
     case 8:
     case 16:
@@ -103,18 +104,35 @@ int float_fast_path_chunks(const at::Tensor& value, const MsdaDims& d) {
   }
 }
 
+template <typename T>
+MsdaArgsT<T> fast_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
+                       const at::Tensor& weights, const MsdaDims& d) {
+  return MsdaArgsT<T>{static_cast<const T*>(value.const_data_ptr()),
+                      lv.shapes,
+                      lv.starts,
+                      static_cast<const T*>(locations.const_data_ptr()),
+                      static_cast<const T*>(weights.const_data_ptr()),
+                      d.num_values,
+                      d.num_heads,
+                      d.num_queries,
+                      d.num_levels,
+                      d.num_points};
+}
+
 FloatMsdaArgs float_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
                          const at::Tensor& weights, const MsdaDims& d) {
-  return FloatMsdaArgs{value.const_data_ptr<float>(),
-                       lv.shapes,
-                       lv.starts,
-                       locations.const_data_ptr<float>(),
-                       weights.const_data_ptr<float>(),
-                       d.num_values,
-                       d.num_heads,
-                       d.num_queries,
-                       d.num_levels,
-                       d.num_points};
+  return fast_args<float>(value, lv, locations, weights, d);
+}
+
+template <typename T>
+void forward_fast(int chunks, const MsdaArgsT<T>& args, at::Tensor& output, const MsdaDims& d) {
+  T* out = static_cast<T*>(output.mutable_data_ptr());
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
+    const bool ran = avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
+                          : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
+    TORCH_CHECK(ran, "mmgdino.ms_deform_attn: no CPU fast path for head_dim ", d.head_dim);
+  });
 }
 
 template <typename scalar_t>
@@ -195,16 +213,20 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
   if (output.numel() == 0) return output;
   const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
-  if (const int chunks = float_fast_path_chunks(value, d)) {
-    const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
-    float* out = output.mutable_data_ptr<float>();
-    const bool avx2 = cpu_has_avx2();
-    at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
-      const bool ran = avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
-                            : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
-      TORCH_CHECK(ran, "mmgdino.ms_deform_attn: no float32 CPU kernel for head_dim ", d.head_dim);
-    });
-    return output;
+  if (const int chunks = fast_path_chunks(d)) {
+    const auto& v = in.value;
+    const auto& loc = in.sampling_locations;
+    const auto& attn = in.attention_weights;
+    switch (value.scalar_type()) {
+      case at::kFloat: forward_fast(chunks, fast_args<float>(v, lv, loc, attn, d), output, d); return output;
+      case at::kBFloat16: forward_fast(chunks, fast_args<Bf16>(v, lv, loc, attn, d), output, d); return output;
+      case at::kHalf:
+        // Without F16C (the portable build) each conversion is a library call: the generic kernel is as fast.
+        if (!use_avx2()) break;
+        forward_fast(chunks, fast_args<_Float16>(v, lv, loc, attn, d), output, d);
+        return output;
+      default: break;  // float64: the generic kernel below
+    }
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
     forward_cpu_impl<scalar_t>(in.value, lv, in.sampling_locations, in.attention_weights, output, d);
@@ -225,13 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
   if (grads.sampling_locations.numel() > 0 && value.numel() > 0) {
     const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
-    if (const int chunks = float_fast_path_chunks(value, d)) {
+    if (const int chunks = value.scalar_type() == at::kFloat ? fast_path_chunks(d) : 0) {
       const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
       const float* grad = grad_c.const_data_ptr<float>();
       float* grad_value = grads.value_acc.mutable_data_ptr<float>();
       float* grad_loc = grads.sampling_locations.mutable_data_ptr<float>();
       float* grad_attn = grads.attention_weights.mutable_data_ptr<float>();
-      const bool avx2 = cpu_has_avx2();
+      const bool avx2 = use_avx2();
       at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
         const bool ran =
             avx2 ? cpu_avx2::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)
