@@ -20,6 +20,7 @@ _predict_by_feat_single`, `convert_grounding_to_cls_scores`, the `mm_grounding_d
 """
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -485,10 +486,11 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         done = summary["images"] - len(failures)
         rates = [r for r in summary["workers"].values() if r]
         seconds = done / sum(rates) * len(rates) if rates else 0.0  # per-image model time, as one worker sees it
-        prompts = class_prompts(dataset.names, _tokenizer_of(model), chunk_size, None)
+        prompt_count = math.ceil(len(dataset.names) / (chunk_size or len(dataset.names)))  # the actors build them
     else:
         detector = Detector(model, device=device, dtype=dtype, processor=processor)
         prompts = class_prompts(dataset.names, detector.tokenizer, chunk_size, detector.model.config.max_text_len)
+        prompt_count = len(prompts)
         try:
             done, failures, seconds = predict(detector, dataset, prompts, max_dets, batch_size, store, todo, progress,
                                               log, scale)  # fmt: skip
@@ -509,7 +511,7 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         "limit": limit,
         "failed_images": [{"image": k, "error": e} for k, e in failures],
         "detections": len(detections),
-        "prompts": len(prompts),
+        "prompts": prompt_count,
         "settings": settings,
         "batched": batch_size > 1,
         "seconds_per_image": round(seconds / done, 4) if done else None,
@@ -522,14 +524,6 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
     _write_atomically(out / "per_category.json", json.dumps(result["per_category"], indent=1) + "\n")
     _write_atomically(out / "summary.md", summary_markdown(report, result["per_category"]))
     return report
-
-
-def _tokenizer_of(model):
-    from transformers import AutoTokenizer
-
-    from .modeling.hub import cache_first
-
-    return cache_first(AutoTokenizer.from_pretrained, str(model))
 
 
 def _format(value):
