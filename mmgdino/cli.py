@@ -31,7 +31,7 @@ def _info(args):
     )
     if _extension.has_cpu_kernels:
         isa = getattr(_extension._C, "cpu_isa", "baseline")
-        print(f"  CPU build    {isa} (chosen for this CPU; MMGDINO_CPU_ISA=baseline forces the portable one)")
+        print(f"  CPU build    {isa} (the best of avx512, avx2, baseline this CPU runs; MMGDINO_CPU_ISA caps it)")
     if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
         print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:

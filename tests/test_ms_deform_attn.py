@@ -308,44 +308,6 @@ def test_edge_points_match_grid_sample_values_and_gradients(backend_device, dtyp
     assert x_minus_1 != 0 and x_minus_1 == pytest.approx(want[1][0, 2 * len(EDGE_PIXELS), 0, 0, 0, 0].item())
 
 
-def _cpu_kernel_outputs(isa):
-    """The CPU kernel's outputs for float32 / bfloat16 / float16 inputs, in a process with MMGDINO_CPU_ISA=isa."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = (
-        "import sys, torch, mmgdino; from mmgdino import _extension; sys.path.insert(0, sys.argv[1]);"
-        "from helpers import msda_inputs; outs = {}; torch.manual_seed(3);"
-        "[outs.__setitem__(str(dt), mmgdino.ops.ms_deform_attn(*msda_inputs(dtype=dt, head_dim=32),"
-        " backend='cpu').float()) for dt in (torch.float32, torch.bfloat16, torch.float16)];"
-        "torch.save({'isa': _extension._C.cpu_isa, 'outs': outs}, sys.argv[2])"
-    )
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"mmgdino-isa-{isa}-{os.getpid()}.pt"
-    env = {**os.environ, "MMGDINO_CPU_ISA": isa}
-    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(out)], env=env, check=True,
-                   timeout=300)  # fmt: skip
-    result = torch.load(out)
-    out.unlink()
-    return result
-
-
-@pytest.mark.skipif("cpu" not in ops.available_backends("ms_deform_attn", "cpu"), reason="extension not built")
-def test_every_cpu_isa_build_gives_the_same_results_in_every_dtype():
-    """The portable build (forced with MMGDINO_CPU_ISA=baseline) and the AVX2 build this CPU picks agree, for the
-    float32 kernel and the bfloat16 / float16 ones that widen in registers."""
-    from mmgdino import _extension
-
-    baseline = _cpu_kernel_outputs("baseline")
-    assert baseline["isa"] == "baseline"
-    best = _cpu_kernel_outputs("")
-    assert best["isa"] == _extension._C.cpu_isa
-    for dtype, out in best["outs"].items():
-        tol = 1e-6 if dtype == "torch.float32" else (1e-2 if "bfloat16" in dtype else 2e-3)
-        assert rel_err(out, baseline["outs"][dtype]) <= tol, dtype
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_16_bit_cpu_kernel_keeps_nan_and_rounds_to_nearest(dtype):
     if "cpu" not in ops.available_backends("ms_deform_attn", "cpu"):

@@ -1,7 +1,8 @@
-// Contrastive logits on the CPU. float32 with dim a multiple of 8 (every real model): one fused pass per row,
-// dot products, scale, bias, mask and the -inf padding (or the running maximum) from registers, vectorized and
-// AVX2 where the CPU has it. Other cases: one BLAS batched matmul, then the same fused epilogue. Either way the
-// padded (B, N, max_text_len) tensor is written exactly once, and the reduced form never builds it.
+// Contrastive logits on the CPU. float32, bfloat16 or float16 with dim a multiple of 8 (every real model): one
+// fused pass per row, dot products, scale, bias, mask and the -inf padding (or the running maximum) from
+// registers, vectorized in the build this CPU picks (AVX-512 BF16 dot products for bfloat16 where it has them). Other
+// cases: one BLAS batched matmul, then the same fused epilogue. Either way the padded (B, N, max_text_len) tensor is
+// written exactly once, and the reduced form never builds it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -54,28 +55,45 @@ void reduce_max(const acc_t* dots, const bool* mask, acc_t scale, acc_t bias, ac
   });
 }
 
-// The fused float32 path; returns false when it does not apply.
-bool fused_float(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& mask, const at::Tensor& bias,
-                 double scale, int64_t max_text_len, const ContrastiveDims& d, bool reduce_max, at::Tensor& out) {
-  if (vision.scalar_type() != at::kFloat || d.dim % 8 != 0) return false;
+template <typename T>
+void fused_rows(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& mask, float bias, double scale,
+                int64_t max_text_len, const ContrastiveDims& d, bool reduce_max, at::Tensor& out) {
+  const ContrastiveArgsT<T> args{static_cast<const T*>(vision.const_data_ptr()),
+                                 static_cast<const T*>(text.const_data_ptr()),
+                                 mask.const_data_ptr<bool>(),
+                                 static_cast<float>(scale),
+                                 bias,
+                                 d.num_rows,
+                                 d.num_tokens,
+                                 d.dim,
+                                 max_text_len};
+  float* out_ptr = out.mutable_data_ptr<float>();
+  at::parallel_for(0, d.batch * d.num_rows, 64, [&](int64_t begin, int64_t end) {
+    MMGDINO_CPU_CALL(contrastive_rows, args, reduce_max, out_ptr, begin, end);
+  });
+}
+
+// The fused path (float32, bfloat16 and, with F16C, float16 inputs; dim a multiple of 8); returns false when it
+// does not apply.
+bool fused(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& mask, const at::Tensor& bias,
+           double scale, int64_t max_text_len, const ContrastiveDims& d, bool reduce_max, at::Tensor& out) {
+  const at::ScalarType dtype = vision.scalar_type();
+  const bool fast_dtype =
+      dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_isa_level() != CpuIsa::baseline);
+  if (!fast_dtype || text.scalar_type() != dtype || d.dim % 8 != 0) return false;
   const auto vision_c = vision.contiguous();
   const auto text_c = text.contiguous();
   const auto mask_c = mask.contiguous();
-  const FloatContrastiveArgs args{vision_c.const_data_ptr<float>(),
-                                  text_c.const_data_ptr<float>(),
-                                  mask_c.const_data_ptr<bool>(),
-                                  static_cast<float>(scale),
-                                  bias.item<float>(),
-                                  d.num_rows,
-                                  d.num_tokens,
-                                  d.dim,
-                                  max_text_len};
-  float* out_ptr = out.mutable_data_ptr<float>();
-  const bool avx2 = use_avx2();
-  at::parallel_for(0, d.batch * d.num_rows, 64, [&](int64_t begin, int64_t end) {
-    avx2 ? cpu_avx2::contrastive_rows(args, reduce_max, out_ptr, begin, end)
-         : cpu_baseline::contrastive_rows(args, reduce_max, out_ptr, begin, end);
-  });
+  const float bias_value = bias.item<float>();
+  switch (dtype) {
+    case at::kFloat:
+      fused_rows<float>(vision_c, text_c, mask_c, bias_value, scale, max_text_len, d, reduce_max, out);
+      break;
+    case at::kBFloat16:
+      fused_rows<Bf16>(vision_c, text_c, mask_c, bias_value, scale, max_text_len, d, reduce_max, out);
+      break;
+    default: fused_rows<_Float16>(vision_c, text_c, mask_c, bias_value, scale, max_text_len, d, reduce_max, out); break;
+  }
   return true;
 }
 
@@ -87,7 +105,7 @@ at::Tensor contrastive_logits_cpu(const at::Tensor& vision, const at::Tensor& te
   const auto dtype = logits_dtype(vision.scalar_type());
   auto out = at::empty({d.batch, d.num_rows, max_text_len}, vision.options().dtype(dtype));
   if (out.numel() == 0) return out;
-  if (fused_float(vision, text, text_token_mask, bias, scale, max_text_len, d, false, out)) return out;
+  if (fused(vision, text, text_token_mask, bias, scale, max_text_len, d, false, out)) return out;
   const auto dots = raw_dots(vision, text, dtype);
   const auto mask = text_token_mask.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "contrastive_logits_cpu", [&] {
@@ -104,7 +122,7 @@ at::Tensor contrastive_max_cpu(const at::Tensor& vision, const at::Tensor& text,
   const auto dtype = logits_dtype(vision.scalar_type());
   auto out = at::empty({d.batch, d.num_rows}, vision.options().dtype(dtype));
   if (out.numel() == 0) return out;
-  if (fused_float(vision, text, text_token_mask, bias, scale, 0, d, true, out)) return out;
+  if (fused(vision, text, text_token_mask, bias, scale, 0, d, true, out)) return out;
   const auto dots = raw_dots(vision, text, dtype);
   const auto mask = text_token_mask.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "contrastive_max_cpu", [&] {

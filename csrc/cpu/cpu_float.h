@@ -1,6 +1,6 @@
-// float32-accumulating fast paths of the CPU deformable attention (float32, bfloat16 and float16 inputs for the
-// forward), compiled twice (baseline ISA and AVX2+FMA) from
-// cpu_float_kernels.inc. Plain pointers only: nothing here may pull in ATen's inline functions.
+// The fast paths of the CPU kernels (float32, bfloat16 and float16 inputs, float32 arithmetic), compiled three
+// times from cpu_float_kernels.inc (the portable baseline, AVX2+FMA+F16C, AVX-512 with BF16) and picked once at
+// run time. Plain pointers only: nothing here may pull in ATen's inline functions.
 #pragma once
 
 #include <stdint.h>
@@ -18,7 +18,7 @@ struct Bf16 {
   uint16_t bits;
 };
 
-// T: float, Bf16 or _Float16 (the forward takes all three, accumulating in float32; the backward float32).
+// T: float, Bf16 or _Float16; every kernel takes all three and accumulates in float32.
 template <typename T>
 struct MsdaArgsT {
   const T* value;
@@ -28,55 +28,91 @@ struct MsdaArgsT {
   const T* attn;
   int64_t num_values, num_heads, num_queries, num_levels, num_points;
 };
-using FloatMsdaArgs = MsdaArgsT<float>;
 
-struct FloatContrastiveArgs {
-  const float* vision;  // (batch, num_rows, dim), dim a multiple of 8
-  const float* text;    // (batch, num_tokens, dim)
-  const bool* mask;     // (batch, num_tokens)
+template <typename T>
+struct ContrastiveArgsT {
+  const T* vision;   // (batch, num_rows, dim), dim a multiple of 8
+  const T* text;     // (batch, num_tokens, dim)
+  const bool* mask;  // (batch, num_tokens)
   float scale, bias;
   int64_t num_rows, num_tokens, dim, max_text_len;
 };
 
-#define MMGDINO_DECLARE_FLOAT_MSDA(ns)                                                                           \
-  namespace ns {                                                                                                 \
-  bool forward_rows_any(int chunks, const MsdaArgsT<float>& a, float* out, int64_t begin, int64_t end);          \
-  bool forward_rows_any(int chunks, const MsdaArgsT<Bf16>& a, Bf16* out, int64_t begin, int64_t end);            \
-  bool forward_rows_any(int chunks, const MsdaArgsT<_Float16>& a, _Float16* out, int64_t begin, int64_t end);    \
-  bool backward_heads_any(int chunks, const FloatMsdaArgs& a, const float* grad_out, float* grad_value,          \
-                          float* grad_loc, float* grad_attn, int64_t begin, int64_t end);                        \
-  /* rows [begin, end) of the flattened (batch * num_rows); out is (.., max_text_len) or, reduced, (..,) */      \
-  void contrastive_rows(const FloatContrastiveArgs& a, bool reduce_max, float* out, int64_t begin, int64_t end); \
+// Per build: the forward over (batch * query) rows [begin, end); the backward over (batch * head) [begin, end)
+// into a float32 grad_value; contrastive rows [begin, end) of the flattened (batch * num_rows), out
+// (.., max_text_len) or, reduced, (..,). The MSDA entry points return false for a head size they lack.
+#define MMGDINO_DECLARE_CPU_KERNELS(ns, T)                                                                      \
+  namespace ns {                                                                                                \
+  bool forward_rows_any(int chunks, const MsdaArgsT<T>& a, T* out, int64_t begin, int64_t end);                 \
+  bool backward_heads_any(int chunks, const MsdaArgsT<T>& a, const T* grad_out, float* grad_value, T* grad_loc, \
+                          T* grad_attn, int64_t begin, int64_t end);                                            \
+  void contrastive_rows(const ContrastiveArgsT<T>& a, bool reduce_max, float* out, int64_t begin, int64_t end); \
   }
 
-MMGDINO_DECLARE_FLOAT_MSDA(cpu_baseline)
-MMGDINO_DECLARE_FLOAT_MSDA(cpu_avx2)
+#define MMGDINO_DECLARE_CPU_BUILD(ns)    \
+  MMGDINO_DECLARE_CPU_KERNELS(ns, float) \
+  MMGDINO_DECLARE_CPU_KERNELS(ns, Bf16)  \
+  MMGDINO_DECLARE_CPU_KERNELS(ns, _Float16)
 
-#undef MMGDINO_DECLARE_FLOAT_MSDA
+MMGDINO_DECLARE_CPU_BUILD(cpu_baseline)
+MMGDINO_DECLARE_CPU_BUILD(cpu_avx2)
+MMGDINO_DECLARE_CPU_BUILD(cpu_avx512)
 
-// Whether the AVX2 + FMA (+ F16C, which every AVX2 CPU has) builds may run on this CPU.
-inline bool cpu_has_avx2() {
+#undef MMGDINO_DECLARE_CPU_BUILD
+#undef MMGDINO_DECLARE_CPU_KERNELS
+
+// The builds, best last. avx2: AVX2 + FMA + F16C (every AVX2 CPU has F16C). avx512: AVX-512 F/BW/VL/DQ and
+// AVX512_BF16 (Zen 4 and later, Cooper Lake, Sapphire Rapids and later).
+enum class CpuIsa { baseline, avx2, avx512 };
+
+inline bool cpu_supports(CpuIsa isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool has =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return has;
-#else
+  switch (isa) {
+    case CpuIsa::baseline: return true;
+    case CpuIsa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case CpuIsa::avx512:
+      return cpu_supports(CpuIsa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bf16");
+  }
   return false;
+#else
+  return isa == CpuIsa::baseline;
 #endif
 }
 
-// The build the CPU kernels run: "avx2" where the CPU has it, else "baseline"; chosen once, at the first call.
-// MMGDINO_CPU_ISA=baseline forces the portable build (CI runs the tests both ways); asking for "avx2" on a CPU
-// without it gives the baseline build.
-inline const char* cpu_isa() {
-  static const char* isa = [] {
-    const char* asked = getenv("MMGDINO_CPU_ISA");
-    if (asked != nullptr && strcmp(asked, "baseline") == 0) return "baseline";
-    return cpu_has_avx2() ? "avx2" : "baseline";
-  }();
-  return isa;
+inline const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::avx512: return "avx512";
+    case CpuIsa::avx2: return "avx2";
+    default: return "baseline";
+  }
 }
 
-inline bool use_avx2() { return cpu_isa()[0] == 'a'; }
+// The build the CPU kernels run: the best this CPU supports, chosen once, at the first call (the extension's
+// import). MMGDINO_CPU_ISA=baseline|avx2|avx512 caps it (tests/test_cpu_isa.py runs each build against the portable
+// one); a cap above what the CPU has gives the best it has; another value is ignored.
+inline CpuIsa cpu_isa_level() {
+  static const CpuIsa chosen = [] {
+    CpuIsa cap = CpuIsa::avx512;
+    if (const char* asked = getenv("MMGDINO_CPU_ISA"); asked != nullptr && asked[0] != '\0') {
+      if (strcmp(asked, "baseline") == 0) cap = CpuIsa::baseline;
+      if (strcmp(asked, "avx2") == 0) cap = CpuIsa::avx2;
+    }
+    if (cap == CpuIsa::avx512 && cpu_supports(CpuIsa::avx512)) return CpuIsa::avx512;
+    if (cap != CpuIsa::baseline && cpu_supports(CpuIsa::avx2)) return CpuIsa::avx2;
+    return CpuIsa::baseline;
+  }();
+  return chosen;
+}
+
+inline const char* cpu_isa() { return cpu_isa_name(cpu_isa_level()); }
+
+// fn(args...) from the chosen build's namespace.
+#define MMGDINO_CPU_CALL(fn, ...)                                                        \
+  (::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx512 ? cpu_avx512::fn(__VA_ARGS__) \
+   : ::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx2 ? cpu_avx2::fn(__VA_ARGS__)   \
+                                                           : cpu_baseline::fn(__VA_ARGS__))
 
 }  // namespace mmgdino

@@ -5,9 +5,9 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define MMGDINO_HAVE_AVX2_BUILD 1
-#include <immintrin.h>  // F16C conversions, under this file's target
-// The target pragma enables F16C instructions but does not define __F16C__ for the preprocessor.
-#define MMGDINO_F16C 1
+#include <immintrin.h>  // AVX2 and F16C intrinsics, under this file's target
+// The target pragma enables these instructions but does not define their macros for the preprocessor.
+#define MMGDINO_AVX2 1  // AVX2, FMA and F16C
 #endif
 
 namespace mmgdino {

@@ -119,19 +119,25 @@ MsdaArgsT<T> fast_args(const at::Tensor& value, const MsdaPointers& lv, const at
                       d.num_points};
 }
 
-FloatMsdaArgs float_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
-                         const at::Tensor& weights, const MsdaDims& d) {
-  return fast_args<float>(value, lv, locations, weights, d);
-}
-
 template <typename T>
 void forward_fast(int chunks, const MsdaArgsT<T>& args, at::Tensor& output, const MsdaDims& d) {
   T* out = static_cast<T*>(output.mutable_data_ptr());
-  const bool avx2 = use_avx2();
   at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
-    const bool ran = avx2 ? cpu_avx2::forward_rows_any(chunks, args, out, begin, end)
-                          : cpu_baseline::forward_rows_any(chunks, args, out, begin, end);
+    const bool ran = MMGDINO_CPU_CALL(forward_rows_any, chunks, args, out, begin, end);
     TORCH_CHECK(ran, "mmgdino.ms_deform_attn: no CPU fast path for head_dim ", d.head_dim);
+  });
+}
+
+template <typename T>
+void backward_fast(int chunks, const MsdaArgsT<T>& args, const at::Tensor& grad_output, float* grad_value,
+                   MsdaGrads& grads, const MsdaDims& d) {
+  const T* grad = static_cast<const T*>(grad_output.const_data_ptr());
+  T* grad_loc = static_cast<T*>(grads.sampling_locations.mutable_data_ptr());
+  T* grad_attn = static_cast<T*>(grads.attention_weights.mutable_data_ptr());
+  at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
+    const bool ran =
+        MMGDINO_CPU_CALL(backward_heads_any, chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
+    TORCH_CHECK(ran, "mmgdino.ms_deform_attn_backward: no CPU fast path for head_dim ", d.head_dim);
   });
 }
 
@@ -222,7 +228,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
       case at::kBFloat16: forward_fast(chunks, fast_args<Bf16>(v, lv, loc, attn, d), output, d); return output;
       case at::kHalf:
         // Without F16C (the portable build) each conversion is a library call: the generic kernel is as fast.
-        if (!use_avx2()) break;
+        if (cpu_isa_level() == CpuIsa::baseline) break;
         forward_fast(chunks, fast_args<_Float16>(v, lv, loc, attn, d), output, d);
         return output;
       default: break;  // float64: the generic kernel below
@@ -247,19 +253,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
   if (grads.sampling_locations.numel() > 0 && value.numel() > 0) {
     const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
-    if (const int chunks = value.scalar_type() == at::kFloat ? fast_path_chunks(d) : 0) {
-      const FloatMsdaArgs args = float_args(in.value, lv, in.sampling_locations, in.attention_weights, d);
-      const float* grad = grad_c.const_data_ptr<float>();
+    const at::ScalarType dtype = value.scalar_type();
+    const bool fast_dtype =
+        dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_isa_level() != CpuIsa::baseline);
+    if (const int chunks = fast_dtype ? fast_path_chunks(d) : 0) {
       float* grad_value = grads.value_acc.mutable_data_ptr<float>();
-      float* grad_loc = grads.sampling_locations.mutable_data_ptr<float>();
-      float* grad_attn = grads.attention_weights.mutable_data_ptr<float>();
-      const bool avx2 = use_avx2();
-      at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
-        const bool ran =
-            avx2 ? cpu_avx2::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)
-                 : cpu_baseline::backward_heads_any(chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
-        TORCH_CHECK(ran, "mmgdino.ms_deform_attn_backward: no float32 CPU kernel for head_dim ", d.head_dim);
-      });
+      switch (dtype) {
+        case at::kFloat:
+          backward_fast(chunks, fast_args<float>(in.value, lv, in.sampling_locations, in.attention_weights, d), grad_c,
+                        grad_value, grads, d);
+          break;
+        case at::kBFloat16:
+          backward_fast(chunks, fast_args<Bf16>(in.value, lv, in.sampling_locations, in.attention_weights, d), grad_c,
+                        grad_value, grads, d);
+          break;
+        default:
+          backward_fast(chunks, fast_args<_Float16>(in.value, lv, in.sampling_locations, in.attention_weights, d),
+                        grad_c, grad_value, grads, d);
+          break;
+      }
     } else {
       AT_DISPATCH_FLOATING_TYPES_AND2(
           at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {

@@ -1,0 +1,95 @@
+"""The CPU kernels' builds (baseline, avx2, avx512): each one this CPU can run gives the same results as the
+portable build, for every operator and input dtype. Each build runs in its own process (MMGDINO_CPU_ISA is read
+once, when the extension loads)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import GRAD_TOLERANCE, TOLERANCE, rel_err
+
+from mmgdino import ops
+
+pytestmark = pytest.mark.skipif(
+    "cpu" not in ops.available_backends("ms_deform_attn", "cpu"), reason="extension not built"
+)
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Runs in the child: every CPU fast path (MSDA forward and backward, contrastive logits and max) in each dtype,
+# on inputs seeded identically in every process. dim 256 takes the AVX-512 BF16 dot products, dim 24 the
+# 8-wide loop.
+_CHILD = """
+import sys, torch, mmgdino
+from mmgdino import _extension, ops
+sys.path.insert(0, sys.argv[1])
+from helpers import msda_inputs, contrastive_inputs
+outs = {}
+for dt in (torch.float32, torch.bfloat16, torch.float16):
+    torch.manual_seed(3)
+    value, shapes, starts, loc, attn = msda_inputs(dtype=dt, head_dim=32)
+    leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
+    out = ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend="cpu")
+    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    outs[(str(dt), "forward")] = out.detach().float()
+    for name, g in zip(("grad_value", "grad_loc", "grad_attn"), grads):
+        outs[(str(dt), name)] = g.float()
+    for dim in (256, 24):
+        vision, text, mask = contrastive_inputs(batch=2, rows=19, tokens=11, dim=dim, dtype=dt)
+        outs[(str(dt), f"logits_{dim}")] = ops.contrastive_logits(vision, text, mask, bias=0.5, backend="cpu")
+        outs[(str(dt), f"max_{dim}")] = ops.contrastive_max(vision, text, mask, bias=0.5, backend="cpu")
+torch.save({"isa": _extension._C.cpu_isa, "outs": outs}, sys.argv[2])
+"""
+
+
+def _outputs(isa):
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"mmgdino-isa-{isa or 'best'}-{os.getpid()}.pt"
+    env = {**os.environ, "MMGDINO_CPU_ISA": isa}
+    subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(out)], env=env, check=True,
+                   timeout=300)  # fmt: skip
+    result = torch.load(out)
+    out.unlink()
+    return result
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    result = _outputs("baseline")
+    assert result["isa"] == "baseline"
+    return result["outs"]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512", ""], ids=["avx2", "avx512", "chosen"])
+def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline):
+    from mmgdino import _extension
+
+    result = _outputs(isa)
+    if isa and result["isa"] != isa:
+        pytest.skip(f"this CPU cannot run the {isa} build (it picked {result['isa']})")
+    if not isa:
+        assert result["isa"] == _extension._C.cpu_isa
+    for (dtype, what), out in result["outs"].items():
+        want = baseline[(dtype, what)]
+        dt = getattr(torch, dtype.removeprefix("torch."))
+        tol = (GRAD_TOLERANCE if what.startswith("grad") else TOLERANCE)[dt]
+        finite = torch.isfinite(want)
+        assert torch.equal(torch.isfinite(out), finite), (dtype, what)
+        assert rel_err(out[finite], want[finite]) <= tol, (dtype, what, rel_err(out[finite], want[finite]))
+
+
+def test_the_build_is_the_best_this_cpu_has_and_the_variable_caps_it():
+    """cpu_isa names the build; MMGDINO_CPU_ISA=avx2 on an AVX-512 CPU gives avx2, and an unknown value is ignored."""
+    from mmgdino import _extension
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_bf16" in flags and "avx512vl" in flags:
+        assert _extension._C.cpu_isa == "avx512"
+    code = "from mmgdino import _extension; print(_extension._C.cpu_isa)"
+    for asked in ("avx2", "nonsense"):
+        env = {**os.environ, "MMGDINO_CPU_ISA": asked}
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        want = {"avx2": "avx2" if " avx2" in flags else "baseline", "nonsense": _extension._C.cpu_isa}[asked]
+        assert got.stdout.strip() == want, asked
