@@ -539,7 +539,7 @@ def _parser():
         "--dtype",
         action="append",
         choices=["float32", "float16", "bfloat16"],
-        help="repeatable; default float32 on CPU, all three on CUDA",
+        help="repeatable; default float32 and, on a CPU with native bf16 (AVX512_BF16), bfloat16; all three on CUDA",
     )
     bench.add_argument("--quick", action="store_true", help="batch 1 only, 2 repeats")
     bench.add_argument("--repeats", type=int, default=None)

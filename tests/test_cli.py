@@ -60,3 +60,15 @@ def test_end_to_end_rows_at_a_small_size():
     assert rows[1].rel_err < 1e-4 and rows[2].rel_err < 1e-4
     assert rows[3].rel_err < 0.1
     assert all(r.median_ms > 0 and r.peak_mb is None for r in rows)
+
+
+def test_bench_times_bfloat16_on_cpus_with_native_bf16_only(monkeypatch):
+    import torch
+
+    from mmgdino.bench.cases import default_dtypes
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert default_dtypes(torch.device("cpu")) == [torch.float32, torch.bfloat16]
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert default_dtypes(torch.device("cpu")) == [torch.float32]
+    assert default_dtypes(torch.device("cuda")) == [torch.float32, torch.bfloat16]

@@ -173,6 +173,19 @@ def test_cli_detect_writes_jsonl_draws_and_resumes(checkpoint, images, tmp_path,
     assert len(out.read_text().splitlines()) == len(lines)
 
 
+def test_cli_detects_in_bfloat16_on_the_cpu(checkpoint, images, tmp_path):
+    """--dtype bfloat16 on the CPU runs and writes well-formed records (agreement with float32 is checked stage by
+    stage in test_bfloat16_model.py: with random weights, end-to-end labels are not comparable)."""
+    directory, _ = checkpoint
+    out = tmp_path / "bf16.jsonl"
+    args = ["detect", str(images[0]), "--labels", *LABELS, "--model", str(directory), "--threshold", "0.05",
+            "--out", str(out), "--device", "cpu", "--dtype", "bfloat16"]  # fmt: skip
+    assert main(args) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines and all(set(line) == {"image", "label", "labels", "score", "box"} for line in lines)
+    assert all(0 <= line["score"] <= 1 and line["label"] in LABELS for line in lines)
+
+
 def test_cli_reports_a_missing_model(tmp_path, images, capsys):
     code = main(["detect", str(images[0]), "--labels", "a cat", "--model", str(tmp_path / "missing")])
     assert code == 2

@@ -317,13 +317,20 @@ def _end_to_end_batch(device, case, batch, dtypes, repeats, log, height, width):
     return rows
 
 
+def default_dtypes(device):
+    """float32, and bfloat16 where the device computes it natively: a GPU, or a CPU with AVX512_BF16 (oneDNN's bf16
+    matrix products; elsewhere bf16 is emulated and slower than float32)."""
+    native = device.type == "cuda" or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return [torch.float32, torch.bfloat16] if native else [torch.float32]
+
+
 def run_end_to_end(device=None, repeats=3, log=print, batches=None, dtypes=None, height=800, width=1333):
     """End-to-end latency of the tiny model: transformers eager (float32, the baseline), the same model after
-    mmgdino.patch, and mmgdino's own model holding the same weights (in each of `dtypes`). Default: batch 1 and
-    float32 on the CPU; batches 1 and 8, float32 and bfloat16 on a GPU, with peak memory."""
+    mmgdino.patch, and mmgdino's own model holding the same weights (in each of `dtypes`). Default: batch 1 on the
+    CPU, batches 1 and 8 on a GPU (with peak memory); float32, and bfloat16 where the device has it natively."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batches = batches or ((1,) if device.type == "cpu" else (1, 8))
-    dtypes = dtypes or ([torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16])
+    dtypes = dtypes or default_dtypes(device)
     rows = []
     case = f"mm_grounding_dino_tiny {height}x{width}"
     for batch in batches:
@@ -344,8 +351,9 @@ def run_ops(
     ops_cases=True,
 ):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model_dtypes = dtypes  # None: the model's own default (default_dtypes)
     if dtypes is None:
-        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
+        dtypes = [torch.float32, torch.float16, torch.bfloat16] if device.type == "cuda" else default_dtypes(device)
     repeats = repeats or (2 if quick else (5 if device.type == "cpu" else 20))
     batches = (1,) if quick else (1, 4)
     peer_fns = {spec: load_peer(spec) for spec in peers}
@@ -366,7 +374,8 @@ def run_ops(
                 log(f"contrastive {case} batch={batch} {dtype}")
                 rows += _contrastive_rows(case, batch, dtype, device, repeats, usable("contrastive_logits"))
     if end_to_end:
-        rows += run_end_to_end(device, repeats=2 if quick else 3, log=log, batches=(1,) if quick else None)
+        rows += run_end_to_end(device, repeats=2 if quick else 3, log=log, batches=(1,) if quick else None,
+                               dtypes=model_dtypes)  # fmt: skip
     report = {
         "device": describe_device(device),
         "commit": git_commit(),

@@ -3,6 +3,11 @@ OnnxExporter), side by side in one process: export time, run time (median after 
 each model's PyTorch outputs on a plain and a padded input. `mmgdino bench --onnx` and
 benchmarks/onnx_export.py run it.
 
+The same report is the CPU peer table: what a CPU user would run instead of mmgdino (transformers' model in
+ONNX Runtime and in OpenVINO, at f32 and at OpenVINO's own default precision, which is bf16 on CPUs that have
+it) next to PyTorch eager: transformers float32, mmgdino float32, and mmgdino bfloat16 where the CPU has native
+bf16, with bfloat16's agreement with float32 (`topk_agreement`) for mmgdino and for transformers' own bf16.
+
 The model is MM Grounding DINO tiny (Swin-T, BERT-base) with random weights and the prompt "a cat. a remote
 control.".
 """
@@ -48,6 +53,40 @@ def agreement(outputs, reference, tol=1e-3):
                 pairs_ref.append(np.concatenate([ref_logits[b, r][finite[b, r]], ref_boxes[b, r]]))
     matched_err = rel_err(np.concatenate(pairs_out), np.concatenate(pairs_ref)) if pairs_out else None
     return {"order": order, "matched": matched / total, "matched_err": matched_err}
+
+
+def box_iou(a, b):
+    """IoU of (N, 4) and (M, 4) (cx, cy, w, h) boxes, (N, M)."""
+
+    def corners(x):
+        return np.concatenate([x[:, :2] - x[:, 2:] / 2, x[:, :2] + x[:, 2:] / 2], 1)
+
+    a, b = corners(np.asarray(a, dtype=np.float64)), corners(np.asarray(b, dtype=np.float64))
+    low, high = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(high - low, 0, None).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def topk_agreement(outputs, reference, k=100, iou=0.9):
+    """The fraction of the reference's k best queries (by best phrase logit) that the outputs also detect: some
+    output query with IoU >= iou and the same best token (the issue's measure of bf16 against float32)."""
+    logits, boxes = (np.asarray(x, dtype=np.float64) for x in outputs)
+    ref_logits, ref_boxes = (np.asarray(x, dtype=np.float64) for x in reference)
+    found = total = 0
+    for b in range(ref_boxes.shape[0]):
+        best = ref_logits[b].max(-1)
+        top = np.argsort(-best)[:k]
+        overlaps = box_iou(ref_boxes[b][top], boxes[b])  # (k, out)
+        tokens_ref, tokens_out = ref_logits[b][top].argmax(-1), logits[b].argmax(-1)
+        same = (overlaps >= iou) & (tokens_ref[:, None] == tokens_out[None, :])
+        found += int(same.any(1).sum())
+        total += len(top)
+    return found / total
+
+
+def cpu_has_native_bf16():
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def median_seconds(fn, repeats):
@@ -150,8 +189,22 @@ def compare(height=320, width=480, repeats=3, optimize=True, log=None):
     with torch.no_grad():
         torch_s = {"transformers": median_seconds(lambda: hf(**inputs), repeats),
                    "mmgdino": median_seconds(lambda: ours_torch(**inputs), repeats)}  # fmt: skip
+    bf16_agreement = {}
+    if cpu_has_native_bf16():
+        log("PyTorch eager in bfloat16 ...")
+        cast = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+        ours_torch = ours_torch.to(torch.bfloat16)
+        with torch.no_grad():
+            torch_s["mmgdino bfloat16"] = median_seconds(lambda: ours_torch(**cast), repeats)
+            out = ours_torch(**cast)
+            bf16_agreement["mmgdino"] = topk_agreement((out.logits.float(), out.pred_boxes.float()),
+                                                       reference[("mmgdino", "plain")])  # fmt: skip
+            out = hf.to(torch.bfloat16)(**cast)  # transformers' own bf16, for the agreement figure only
+            bf16_agreement["transformers"] = topk_agreement((out.logits.float(), out.pred_boxes.float()),
+                                                            reference[("transformers", "plain")])  # fmt: skip
     report = {"size": [height, width], "threads": threads, "device": describe_device(torch.device("cpu")),
-              "commit": git_commit(), "versions": versions(), "torch_eager_s": torch_s, "rows": rows}  # fmt: skip
+              "commit": git_commit(), "versions": versions(), "torch_eager_s": torch_s, "rows": rows,
+              "bf16_top100_agreement": bf16_agreement}  # fmt: skip
     try:
         import onnxruntime
         import openvino
@@ -171,8 +224,7 @@ def markdown(report):
         "",
         f"Device: {report['device']}, {threads} threads. Commit {report['commit']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        f"PyTorch eager for reference: transformers {report['torch_eager_s']['transformers']:.3f} s, "
-        f"mmgdino {report['torch_eager_s']['mmgdino']:.3f} s.",
+        "PyTorch eager for reference: " + ", ".join(f"{k} {v:.3f} s" for k, v in report["torch_eager_s"].items()) + ".",
         "Agreement with the same model in PyTorch: the fraction of its queries the runtime's output matches (same box "
         "within 1e-3, same best token) and the rel err of logits and boxes over those; padded: pixel_mask zeros on "
         "the right quarter. With random weights every padded pixel's proposal scores exactly the same (its feature "
@@ -185,6 +237,7 @@ def markdown(report):
         "| padded vs mmgdino in ONNX Runtime | input names |",
         "|---|---|---:|---:|---:|---|---|---|---|",
     ]
+    lines += peers_summary(report)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | - | failed: {r['error']} | | | | | | |")
@@ -196,3 +249,30 @@ def markdown(report):
             f"{cells[1]} | {cells[2]} | {', '.join(r['inputs'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def peers_summary(report):
+    """What a CPU user could run instead, each at its best, against mmgdino's best PyTorch run: lines for
+    markdown()."""
+    eager = report["torch_eager_s"]
+    ours_key = "mmgdino bfloat16" if "mmgdino bfloat16" in eager else "mmgdino"
+    ours = eager[ours_key]
+    contenders = {"transformers eager float32": eager["transformers"]}
+    for r in report["rows"]:
+        if r.get("model") == "transformers" and "run_s" in r:
+            contenders[f"transformers' export in {r['runtime']}"] = r["run_s"]
+        elif r.get("model") == "transformers":
+            contenders["transformers' export"] = f"failed: {r['error']}"
+    lines = [f"{ours_key} (PyTorch eager) {ours:.3f} s against each peer:", "",
+             "| peer | s | mmgdino's speedup |", "|---|---:|---:|"]  # fmt: skip
+    for name, seconds in contenders.items():
+        if isinstance(seconds, str):
+            lines.append(f"| {name} | {seconds} | |")
+        else:
+            lines.append(f"| {name} | {seconds:.3f} | {seconds / ours:.2f}x |")
+    agreement = report.get("bf16_top100_agreement") or {}
+    if agreement:
+        lines += ["", "bfloat16 against float32 on the same weights and input: the fraction of float32's 100 best "
+                  "queries that bfloat16 also finds (IoU >= 0.9, same best token): "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in agreement.items()) + "."]  # fmt: skip
+    return lines + [""]

@@ -323,18 +323,23 @@ class Decoder(nn.Module):
 
     def forward(self, queries, reference_points, memory, text_memory, ctx, collect_hidden_states=False):
         """reference_points: (B, Q, 4) boxes in [0, 1], refined after every layer. Returns the normed hidden
-        states of every layer (B, layers, Q, C) and the reference points each layer produced."""
-        box_scale = torch.cat([ctx.valid_ratios, ctx.valid_ratios], -1)[:, None]  # (B, 1, L, 4)
+        states of every layer (B, layers, Q, C) and the reference points each layer produced.
+
+        The boxes stay float32 through the refinement whatever the model's dtype: in bfloat16 every layer's
+        rounding of the inverse sigmoid would add up over the layers (the layers see them in their dtype)."""
+        dtype = queries.dtype
+        box_scale = torch.cat([ctx.valid_ratios, ctx.valid_ratios], -1)[:, None].float()  # (B, 1, L, 4)
+        reference_points = reference_points.float()
         normed, references, hidden = [], [], []
         for idx, layer in enumerate(self.layers):
             per_level = reference_points[:, :, None] * box_scale
-            query_pos = self.reference_points_head(sine_embedding(per_level[:, :, 0], self.d_model // 2))
+            query_pos = self.reference_points_head(sine_embedding(per_level[:, :, 0], self.d_model // 2).to(dtype))
             if collect_hidden_states:
                 hidden.append(self.layer_norm(queries))
-            queries = layer(queries, query_pos, per_level, memory, text_memory, ctx)
+            queries = layer(queries, query_pos, per_level.to(dtype), memory, text_memory, ctx)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[idx](queries)
-                reference_points = (delta + torch.special.logit(reference_points, eps=1e-5)).sigmoid()
+                reference_points = (delta.float() + torch.special.logit(reference_points, eps=1e-5)).sigmoid()
             normed.append(self.layer_norm(queries))
             references.append(reference_points)
         if collect_hidden_states:

@@ -326,7 +326,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             logits=logits,
             pred_boxes=pred_boxes,
             last_hidden_state=last,
-            init_reference_points=reference_points,
+            init_reference_points=reference_points.to(last.dtype),
             intermediate_hidden_states=normed,
             intermediate_reference_points=references,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
@@ -403,8 +403,8 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         return vision, text, ctx, input_ids
 
     def _pixel_proposals(self, memory, ctx):
-        """Every pixel's proposal box (inverse-sigmoid; inf where padded or too near the border) and its
-        normalized query feature."""
+        """Every pixel's proposal box (inverse-sigmoid, float32 in any model dtype; inf where padded or too near
+        the border) and its normalized query feature."""
         boxes, start = [], 0
         for level, (height, width) in enumerate(ctx.levels.shapes):
             keep = ctx.vision_keep[:, start : start + height * width].view(-1, height, width)
@@ -412,8 +412,8 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             valid_h = keep[:, :, 0].sum(1)
             valid_w = keep[:, 0, :].sum(1)
             ys, xs = torch.meshgrid(
-                torch.arange(height, dtype=memory.dtype, device=memory.device),
-                torch.arange(width, dtype=memory.dtype, device=memory.device),
+                torch.arange(height, dtype=torch.float32, device=memory.device),
+                torch.arange(width, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.stack([xs, ys], -1)[None] + 0.5
@@ -436,7 +436,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         top = torch.topk(best, config.num_queries, dim=1).indices
         chosen = torch.gather(object_query, 1, top[..., None].expand(-1, -1, object_query.shape[-1]))
         chosen_boxes = torch.gather(box_logits, 1, top[..., None].expand(-1, -1, 4))
-        reference_points = (core.encoder_output_bbox_embed(chosen) + chosen_boxes).sigmoid()
+        reference_points = (core.encoder_output_bbox_embed(chosen).float() + chosen_boxes).sigmoid()  # float32
         if config.embedding_init_target:
             queries = core.query_position_embeddings.weight[None].expand(memory.shape[0], -1, -1)
         else:
@@ -444,7 +444,9 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         extra = {}
         if output_proposal_logits:
             extra["enc_outputs_class"] = head(object_query, text_memory, ctx.text_keep)
-            extra["enc_outputs_coord_logits"] = core.encoder_output_bbox_embed(object_query) + box_logits
+            extra["enc_outputs_coord_logits"] = (core.encoder_output_bbox_embed(object_query) + box_logits).to(
+                object_query.dtype
+            )
         return queries, reference_points, extra
 
     def decode(self, queries, reference_points, memory, text_memory, ctx, output_hidden_states=False):
@@ -456,8 +458,9 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         last = normed[:, -1]
         before_last = references[:, -2] if references.shape[1] > 1 else reference_points
         logits = self.class_embed[-1](last, text_memory, ctx.text_keep)
-        pred_boxes = (self.bbox_embed[-1](last) + torch.special.logit(before_last, eps=1e-5)).sigmoid()
-        return logits, pred_boxes, normed, references, decoder_states
+        # float32 refinement (see Decoder), returned in the model's dtype as transformers returns boxes.
+        pred_boxes = (self.bbox_embed[-1](last).float() + torch.special.logit(before_last.float(), eps=1e-5)).sigmoid()
+        return logits, pred_boxes.to(last.dtype), normed, references.to(last.dtype), decoder_states
 
     def _output_class(self):
         if self.family == "mm-grounding-dino":
