@@ -130,6 +130,78 @@ def build(cache_dir=None):
     return out
 
 
+# The trace build (memory-traffic counters, tests/cuda_emulator/trace.cpp): the kernel units get GCC's
+# kernel-address instrumentation in outlined mode (a call per load and store, which trace.cpp implements) and no
+# sanitizer runtime, on the real grid size (no block cap). -O1 and no scalar replacement of aggregates for them:
+# otherwise GCC splits the kernels' 16-byte packet loads and stores into four scalar ones before instrumenting
+# (nvcc emits one LDG.128 / STG.128), which would count four requests where the GPU issues one (a test checks).
+TRACE_KERNEL_FLAGS = [
+    "-O1",
+    "-fno-tree-sra",
+    "-fsanitize=kernel-address",
+    "--param=asan-instrumentation-with-call-threshold=0",
+    "--param=asan-stack=0",
+    "--param=asan-globals=0",
+]
+
+
+def build_trace(cache_dir=None):
+    """Directory holding simt_trace (the launchers of csrc/cuda, counting their memory traffic into the JSON file
+    named by SIMT_TRACE_OUT) and simt_trace_selftest (kernels with hand-computed counts)."""
+    digest = _sources_digest("trace", *TRACE_KERNEL_FLAGS)
+    out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-trace-{digest}"
+    if (out / "simt_trace").exists() and (out / "simt_trace_selftest").exists():
+        return out
+    work = out / f"build.{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    units = {}
+    for cu in KERNELS:
+        source = rewrite_launches(cu.read_text())
+        units[cu.stem] = work / (cu.stem + ".cpp")
+        units[cu.stem].write_text(f'#define __CUDA_ARCH__ 900\n#line 1 "{cu}"\n' + source)
+    units["trace_selftest"] = EMULATOR / "trace_selftest.cpp"
+    plain = {name: EMULATOR / f"{name}.cpp" for name in ("simt", "driver", "trace")}
+    flags = [CXX_STANDARD, "-O2", "-g", "-DSIMT_TRACE", "-Wall", "-Wno-unknown-pragmas",
+             *(f"-I{d}" for d in INCLUDE_DIRS)]  # fmt: skip
+    cxx = compiler()
+    jobs = [
+        (
+            name,
+            subprocess.Popen(
+                [cxx, *flags, *extra, "-c", str(src), "-o", str(work / f"{name}.o")],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )  # fmt: skip
+        for group, extra in ((units, TRACE_KERNEL_FLAGS), (plain, []))
+        for name, src in group.items()
+    ]
+    for name, job in jobs:
+        log = job.communicate()[0]
+        if job.returncode != 0:
+            raise RuntimeError(f"trace build of {name} failed:\n{log[-8000:]}")
+    links = {"simt_trace": ["simt", "driver", "trace", *(cu.stem for cu in KERNELS)],
+             "simt_trace_selftest": ["simt", "trace", "trace_selftest"]}  # fmt: skip
+    for exe, parts in links.items():
+        subprocess.run([cxx, *flags, *(str(work / f"{p}.o") for p in parts), "-o", str(out / exe)], check=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def trace_selftest(exe, case):
+    """The counters of one hand-computable kernel (tests/cuda_emulator/trace_selftest.cpp)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "counters.json"
+        proc = subprocess.run([str(exe / "simt_trace_selftest"), case], capture_output=True, text=True,
+                              env=dict(os.environ, SIMT_TRACE_OUT=str(out)))  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(f"trace self-test {case} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return json.loads(out.read_text())
+
+
 def load_glue_extension(cache_dir=None):
     """The CUDA glue (csrc/cuda/*_cuda.cpp, csrc/checks.cpp) built into a torch extension around the emulated
     kernels, its C++ namespace renamed to mmgdino_simt and registered for the CPU dispatch key: the operators
@@ -215,18 +287,27 @@ def selftest(exe, case):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def _run(exe, op, args, inputs, outputs):
+def _run(exe, op, args, inputs, outputs, counters=None):
+    """The launcher's outputs; with `counters` (a dict), the trace build (build_trace) runs it instead and the
+    memory-traffic counters of its launch are put into `counters`."""
+    import json
+
     with tempfile.TemporaryDirectory() as d:
         lines = [f"op {op}"] + [f"{k} {v}" for k, v in args.items()]
         Path(d, "args.txt").write_text("\n".join(lines) + "\n")
         for name, t in inputs.items():
             _write(Path(d, name + ".bin"), t)
         env = dict(os.environ, **_SANITIZER_ENV)
-        proc = subprocess.run([str(exe / "simt_kernels"), d], capture_output=True, text=True, env=env)
+        program = "simt_kernels"
+        if counters is not None:
+            program, env["SIMT_TRACE_OUT"] = "simt_trace", str(Path(d, "counters.json"))
+        proc = subprocess.run([str(exe / program), d], capture_output=True, text=True, env=env)
         if proc.returncode == 3:
             raise KernelError(proc.stdout.strip())
         if proc.returncode != 0:
             raise AssertionError(f"emulated kernel failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}")
+        if counters is not None:
+            counters.update(json.loads(Path(d, "counters.json").read_text()))
         return {name: _read(Path(d, name + ".bin"), dtype, shape) for name, (dtype, shape) in outputs.items()}
 
 
@@ -257,9 +338,18 @@ def _msda_args(value, sampling_locations, misalign, window):
 
 
 def ms_deform_attn(
-    exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, misalign=False, window=None
+    exe,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    misalign=False,
+    window=None,
+    counters=None,
 ):
-    """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value."""
+    """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value;
+    counters: see _run."""
     args = _msda_args(value, sampling_locations, misalign, window)
     batch, _, heads, head_dim = value.shape
     queries = sampling_locations.shape[1]
@@ -270,10 +360,8 @@ def ms_deform_attn(
         sampling_locations=sampling_locations,
         attention_weights=attention_weights,
     )
-    out = _run(
-        exe, "ms_deform_attn_forward", args, inputs, {"output": (value.dtype, (batch, queries, heads * head_dim))}
-    )
-    return out["output"]
+    outputs = {"output": (value.dtype, (batch, queries, heads * head_dim))}
+    return _run(exe, "ms_deform_attn_forward", args, inputs, outputs, counters)["output"]
 
 
 def ms_deform_attn_backward(
@@ -286,9 +374,10 @@ def ms_deform_attn_backward(
     attention_weights,
     misalign=False,
     window=None,
+    counters=None,
 ):
     """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights); with a window,
-    grad_value covers the window's rows only."""
+    grad_value covers the window's rows only; counters: see _run."""
     args = _msda_args(value, sampling_locations, misalign, window)
     inputs = dict(
         value=value,
@@ -303,11 +392,11 @@ def ms_deform_attn_backward(
         "grad_sampling_locations": (value.dtype, sampling_locations.shape),
         "grad_attention_weights": (value.dtype, attention_weights.shape),
     }
-    out = _run(exe, "ms_deform_attn_backward", args, inputs, outputs)
+    out = _run(exe, "ms_deform_attn_backward", args, inputs, outputs, counters)
     return out["grad_value"], out["grad_sampling_locations"], out["grad_attention_weights"]
 
 
-def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, reduce_max=False):
+def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, reduce_max=False, counters=None):
     batch, rows, dim = vision.shape
     tokens = text.shape[1]
     acc = _acc_dtype(vision.dtype)
@@ -325,4 +414,4 @@ def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, r
     )
     shape = (batch, rows) if reduce_max else (batch, rows, max_text_len)
     op = "contrastive_max" if reduce_max else "contrastive_logits"
-    return _run(exe, op, args, inputs, {"output": (acc, shape)})["output"]
+    return _run(exe, op, args, inputs, {"output": (acc, shape)}, counters)["output"]

@@ -41,19 +41,28 @@ struct Buffer {
 
 std::vector<Buffer> g_buffers;
 
-// misalign_bytes shifts the data off the allocation's 16-byte alignment (the kernels' scalar path).
-void* allocate(size_t bytes, size_t misalign_bytes, int fill) {
+// misalign_bytes shifts the data off the allocation's 16-byte alignment (the kernels' scalar path); `name` labels
+// the buffer's traffic in the trace build.
+void* allocate(size_t bytes, size_t misalign_bytes, int fill, const char* name) {
   Buffer b;
   const size_t total = bytes + misalign_bytes;
-  b.base = static_cast<char*>(malloc(total > 0 ? total : 1));  // malloc(0) may return null
+  // 256-byte aligned, as cudaMalloc's (the tracer's sector and line counts depend on it); exact size, so that
+  // AddressSanitizer still reports the first byte past the end.
+  void* base = nullptr;
+  if (posix_memalign(&base, 256, total > 0 ? total : 1) != 0) {
+    fprintf(stderr, "cannot allocate %zu bytes\n", total);
+    exit(2);
+  }
+  b.base = static_cast<char*>(base);
   b.data = b.base + misalign_bytes;
   memset(b.base, fill, bytes + misalign_bytes);
   g_buffers.push_back(b);
+  if (simt::trace_buffer) simt::trace_buffer(b.data, bytes, name);
   return b.data;
 }
 
 void* read_input(const std::string& name, size_t bytes, size_t misalign_bytes) {
-  void* p = allocate(bytes, misalign_bytes, 0);
+  void* p = allocate(bytes, misalign_bytes, 0, name.c_str());
   FILE* f = fopen((g_dir + "/" + name + ".bin").c_str(), "rb");
   if (!f || fread(p, 1, bytes, f) != bytes) {
     fprintf(stderr, "cannot read %s (%zu bytes)\n", name.c_str(), bytes);
@@ -133,7 +142,7 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   a.sampling_locations = read_input("sampling_locations", 2 * points * elem, 0);
   a.attention_weights = read_input("attention_weights", points * elem, 0);
   if (!backward) {
-    a.output = allocate(outputs * elem, shift, 0xff);
+    a.output = allocate(outputs * elem, shift, 0xff, "output");
     const int status = finish(mmgdino::cuda::ms_deform_attn_forward(a, nullptr));
     if (status == 0) write_output("output", a.output, outputs * elem);
     return status;
@@ -142,11 +151,12 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   mmgdino::cuda::MsdaBackwardArgs args;
   args.fwd = a;
   args.grad_output = read_input("grad_output", outputs * elem, shift);
-  char* grad_value = window_rows > 0 ? reserve_zeros(values * acc_elem)
-                                     : static_cast<char*>(allocate(values * acc_elem, arg("misalign") * acc_elem, 0));
+  char* grad_value = window_rows > 0
+                         ? reserve_zeros(values * acc_elem)
+                         : static_cast<char*>(allocate(values * acc_elem, arg("misalign") * acc_elem, 0, "grad_value"));
   args.grad_value_acc = grad_value;
-  args.grad_sampling_locations = allocate(2 * points * elem, 0, 0xff);
-  args.grad_attention_weights = allocate(points * elem, 0, 0xff);
+  args.grad_sampling_locations = allocate(2 * points * elem, 0, 0xff, "grad_sampling_locations");
+  args.grad_attention_weights = allocate(points * elem, 0, 0xff, "grad_attention_weights");
   const int status = finish(mmgdino::cuda::ms_deform_attn_backward(args, nullptr));
   if (status == 0) {
     if (window_rows > 0) {
@@ -174,7 +184,7 @@ int run_contrastive(bool reduce_max, DType dtype, size_t elem, size_t acc_elem) 
   a.text_token_mask = static_cast<const bool*>(read_input("text_token_mask", a.batch * a.num_tokens, 0));
   a.bias = read_input("bias", acc_elem, 0);
   const size_t outputs = a.batch * a.num_rows * (reduce_max ? 1 : a.max_text_len);
-  a.output = allocate(outputs * acc_elem, 0, 0xff);
+  a.output = allocate(outputs * acc_elem, 0, 0xff, "output");
   const int status =
       finish(reduce_max ? mmgdino::cuda::contrastive_max(a, nullptr) : mmgdino::cuda::contrastive_logits(a, nullptr));
   if (status == 0) write_output("output", a.output, outputs * acc_elem);

@@ -19,6 +19,10 @@ dim3 blockDim;
 dim3 gridDim;
 
 namespace simt {
+
+// Defined by trace.cpp in the trace build only: folds the finished block's accesses into the counters.
+__attribute__((weak)) void trace_block_done();
+
 namespace {
 
 constexpr int kWarp = 32;
@@ -129,6 +133,15 @@ int lane_id() {
   return b.current % kWarp;
 }
 
+void current_warp_lane(uint64_t* warp, int* lane) {
+  const Block& b = *g_block;
+  const uint64_t block =
+      blockIdx.x + static_cast<uint64_t>(gridDim.x) * (blockIdx.y + static_cast<uint64_t>(gridDim.y) * blockIdx.z);
+  const uint64_t warps_per_block = (b.threads + kWarp - 1) / kWarp;
+  *warp = block * warps_per_block + b.current / kWarp;
+  *lane = b.current % kWarp;
+}
+
 uint64_t shuffle(unsigned mask, uint64_t bits, int src_lane) {
   Block& b = *g_block;
   const int warp = b.current / kWarp;
@@ -220,6 +233,7 @@ void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* context) {
     blockIdx = {static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
                 static_cast<unsigned>(i / (static_cast<uint64_t>(grid.x) * grid.y))};
     if (!run_block(b)) break;
+    if (trace_block_done) trace_block_done();
   }
   g_block = nullptr;
 }

@@ -59,6 +59,20 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /
 
 namespace simt {
 
+// The memory-traffic tracer (trace.cpp, only in the trace build: SIMT_TRACE): the calling thread's global warp
+// and lane; atomics report themselves (their plain read-modify-write below is not traced as a load and a store).
+void current_warp_lane(uint64_t* warp, int* lane);
+// Device memory the tracer counts as global (the driver's buffers); absent outside the trace build.
+__attribute__((weak)) void trace_buffer(const void* p, size_t bytes, const char* name);
+#ifdef SIMT_TRACE
+void trace_atomic(const void* p, size_t bytes);
+#define SIMT_ATOMIC inline __attribute__((no_sanitize_address))
+#define SIMT_TRACE_ATOMIC(p, bytes) ::simt::trace_atomic(p, bytes)
+#else
+#define SIMT_ATOMIC inline
+#define SIMT_TRACE_ATOMIC(p, bytes)
+#endif
+
 // Runs kernel_body for every thread of every block; errors are kept for cudaGetLastError.
 void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* context);
 // The calling lane's value exchange with lane src of its warp (both 8-byte slots); a warp-wide barrier.
@@ -102,19 +116,22 @@ struct alignas(16) float4 {
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 // One OS thread runs every fiber, so a plain read-modify-write is atomic here.
-inline float atomicAdd(float* p, float x) {
+SIMT_ATOMIC float atomicAdd(float* p, float x) {
+  SIMT_TRACE_ATOMIC(p, sizeof(float));
   const float old = *p;
   *p = old + x;
   return old;
 }
 // sm_90's 16-byte vector atomic (atomic per element); the address must be 16-byte aligned, as on the GPU.
-inline float4 atomicAdd(float4* p, float4 x) {
+SIMT_ATOMIC float4 atomicAdd(float4* p, float4 x) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) __builtin_trap();
+  SIMT_TRACE_ATOMIC(p, sizeof(float4));
   const float4 old = *p;
   *p = {old.x + x.x, old.y + x.y, old.z + x.z, old.w + x.w};
   return old;
 }
-inline double atomicAdd(double* p, double x) {
+SIMT_ATOMIC double atomicAdd(double* p, double x) {
+  SIMT_TRACE_ATOMIC(p, sizeof(double));
   const double old = *p;
   *p = old + x;
   return old;
