@@ -69,9 +69,10 @@ def markdown(report):
         "",
         f"Device: {report['device']}, {report['threads']} threads. Commit {report['commit']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        f"ms per call, median of {report['repeats']} (backward: of {max(3, report['repeats'] // 2)}) after a "
-        "warm-up; each build in its own process (MMGDINO_CPU_ISA), batch 1. The last column: the chosen build "
-        "against the portable one.",
+        f"ms per call: in each of {report['rounds']} rounds that interleave the builds, the median of "
+        f"{report['repeats']} calls (backward: {max(3, report['repeats'] // 2)}) after a warm-up; then the median "
+        "over rounds. Each build in its own process (MMGDINO_CPU_ISA), batch 1. The last column: the chosen build "
+        "against the portable one. This machine is shared: single runs vary by 10-50%.",
         "",
         "| kernel | " + " | ".join(isas) + " | speedup |",
         "|---|" + "---:|" * (len(isas) + 1),
@@ -107,24 +108,31 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="cpu-isa")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the builds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.repeats)))
         return
-    builds = []
-    for isa in ISAS:
-        env = {**os.environ, "MMGDINO_CPU_ISA": isa}
-        done = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)], env=env,
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        if result["isa"] != isa:
-            print(f"{isa}: this CPU cannot run it (it gave {result['isa']}); skipped", file=sys.stderr)
-            continue
-        builds.append(result)
-        print(f"{isa} done", file=sys.stderr)
+    # Rounds interleave the builds (baseline, avx2, avx512, baseline, ...) so that a shared machine's drifting
+    # load falls on all of them alike; each kernel's time is the median over rounds of its per-round median.
+    runs = {}
+    for round_ in range(args.rounds):
+        for isa in ISAS:
+            env = {**os.environ, "MMGDINO_CPU_ISA": isa}
+            done = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)], env=env,
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            if result["isa"] != isa:
+                print(f"{isa}: this CPU cannot run it (it gave {result['isa']}); skipped", file=sys.stderr)
+                continue
+            runs.setdefault(isa, []).append(result["ms"])
+            print(f"round {round_ + 1}: {isa} done", file=sys.stderr)
+    builds = [{"isa": isa, "ms": {k: statistics.median(r[k] for r in rounds) for k in rounds[0]},
+               "rounds": rounds} for isa, rounds in runs.items()]  # fmt: skip
     report = {"device": describe_device(torch.device("cpu")), "threads": torch.get_num_threads(),
-              "commit": git_commit(), "versions": versions(), "repeats": args.repeats, "builds": builds}  # fmt: skip
+              "commit": git_commit(), "versions": versions(), "repeats": args.repeats, "rounds": args.rounds,
+              "builds": builds}  # fmt: skip
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(report))

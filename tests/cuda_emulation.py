@@ -184,7 +184,9 @@ def build_trace(cache_dir=None):
     links = {"simt_trace": ["simt", "driver", "trace", *(cu.stem for cu in KERNELS)],
              "simt_trace_selftest": ["simt", "trace", "trace_selftest"]}  # fmt: skip
     for exe, parts in links.items():
-        subprocess.run([cxx, *flags, *(str(work / f"{p}.o") for p in parts), "-o", str(out / exe)], check=True)
+        subprocess.run([cxx, *flags, *(str(work / f"{p}.o") for p in parts), "-o", str(work / exe)], check=True)
+    for exe in links:  # renamed into place: concurrent builds of the same sources never see a half-written file
+        (work / exe).replace(out / exe)
     shutil.rmtree(work, ignore_errors=True)
     return out
 

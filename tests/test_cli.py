@@ -72,3 +72,31 @@ def test_bench_times_bfloat16_on_cpus_with_native_bf16_only(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     assert default_dtypes(torch.device("cpu")) == [torch.float32]
     assert default_dtypes(torch.device("cuda")) == [torch.float32, torch.bfloat16]
+
+
+def test_peer_summary_and_bf16_agreement_measure():
+    import numpy as np
+
+    from mmgdino.bench import onnx
+
+    rng = np.random.default_rng(0)
+    logits, boxes = rng.normal(size=(1, 300, 16)), rng.uniform(0.2, 0.6, size=(1, 300, 4))
+    order = rng.permutation(300)
+    assert onnx.topk_agreement((logits[:, order], boxes[:, order]), (logits, boxes)) == 1.0  # a set, not a list
+    moved = boxes.copy()
+    moved[..., 0] += 0.3  # every box shifted: IoU < 0.9
+    assert onnx.topk_agreement((logits, moved), (logits, boxes)) == 0.0
+    assert onnx._named(["b", "l", "x"], ["pred_boxes", "output.logits", "enc_outputs_class"]) == ["l", "b"]
+    report = {
+        "torch_eager_s": {"transformers": 12.0, "mmgdino": 6.0, "mmgdino bfloat16": 3.0},
+        "rows": [
+            {"model": "mmgdino", "runtime": "onnxruntime", "run_s": 8.0},
+            {"model": "transformers", "runtime": "onnxruntime", "run_s": 9.0},
+            {"model": "transformers (OpenVINOExporter)", "error": "RuntimeError: no"},
+        ],
+        "bf16_top100_agreement": {"mmgdino": 0.5},
+    }
+    text = "\n".join(onnx.peers_summary(report))
+    assert "| transformers eager float32 | 12.000 | 4.00x |" in text
+    assert "| transformers' OnnxExporter in onnxruntime | 9.000 | 3.00x |" in text
+    assert "transformers' OpenVINOExporter | failed: RuntimeError: no" in text and "mmgdino 50%" in text

@@ -4,9 +4,10 @@ each model's PyTorch outputs on a plain and a padded input. `mmgdino bench --onn
 benchmarks/onnx_export.py run it.
 
 The same report is the CPU peer table: what a CPU user would run instead of mmgdino (transformers' model in
-ONNX Runtime and in OpenVINO, at f32 and at OpenVINO's own default precision, which is bf16 on CPUs that have
-it) next to PyTorch eager: transformers float32, mmgdino float32, and mmgdino bfloat16 where the CPU has native
-bf16, with bfloat16's agreement with float32 (`topk_agreement`) for mmgdino and for transformers' own bf16.
+ONNX Runtime and in OpenVINO, through transformers' OnnxExporter and its OpenVINOExporter, at f32 and at
+OpenVINO's own default precision, which is bf16 on CPUs that have it) next to PyTorch eager: transformers
+float32, mmgdino float32, and mmgdino bfloat16 where the CPU has native bf16, with bfloat16's agreement with
+float32 (`topk_agreement`) for mmgdino and for transformers' own bf16.
 
 The model is MM Grounding DINO tiny (Swin-T, BERT-base) with random weights and the prompt "a cat. a remote
 control.".
@@ -130,6 +131,62 @@ def feed_for(session_inputs, inputs):
     return feed
 
 
+def _one_line(exc):
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def _named(outputs, names):
+    """(logits, pred_boxes) among a runtime's outputs, by name (an exporter may add the other output fields)."""
+    by_name = dict(zip(names, outputs))
+    logits = next(v for k, v in by_name.items() if k.split(".")[-1] == "logits")
+    boxes = next(v for k, v in by_name.items() if k.split(".")[-1] == "pred_boxes")
+    return [logits, boxes]
+
+
+def openvino_exporter_rows(hf, feeds, reference, threads, repeats, log):
+    """transformers' own OpenVINOExporter (no ONNX file in between), compiled at f32 and at OpenVINO's default
+    precision: rows like compare()'s, model "transformers (OpenVINOExporter)"; [] without openvino."""
+    try:
+        import openvino as ov
+        from transformers.exporters import OpenVINOConfig, OpenVINOExporter
+    except ImportError:
+        return []
+    model = "transformers (OpenVINOExporter)"
+    log("exporting transformers with its OpenVINOExporter ...")
+    try:
+        began = time.perf_counter()
+        exported = OpenVINOExporter().export(hf, dict(feeds["plain"]), config=OpenVINOConfig(dynamic=False))
+        seconds = time.perf_counter() - began
+        program = exported.program
+    except Exception as exc:  # the peer's failure is a result, recorded in one line
+        return [{"model": model, "error": _one_line(exc)}]
+    rows = []
+    core = ov.Core()
+    for label, config in (("openvino f32", {"INFERENCE_PRECISION_HINT": "f32"}), ("openvino default", {})):
+        try:
+            compiled = core.compile_model(program, "CPU", {**config, "INFERENCE_NUM_THREADS": threads})
+            names = [i.get_any_name() for i in compiled.inputs]
+            out_names = [o.get_any_name() for o in compiled.outputs]
+
+            def run(feed, c=compiled, out_names=out_names):
+                result = c(feed)
+                return _named([result[o] for o in c.outputs], out_names)
+
+            row = {"model": model, "runtime": label, "export_s": round(seconds, 1), "nodes": len(program.get_ops()),
+                   "inputs": names}  # fmt: skip
+            for case, feed in feeds.items():
+                outputs = run(feed_for(names, feed))
+                row[case] = agreement(outputs, reference[("transformers", case)])
+                first = reference.setdefault(("first runtime", case), outputs)
+                row[f"{case}_vs_first_runtime"] = agreement(outputs, first)
+            row["run_s"] = round(median_seconds(lambda: run(feed_for(names, feeds["plain"])), repeats), 3)
+        except Exception as exc:
+            row = {"model": model, "error": f"{label}: {_one_line(exc)}"}
+        rows.append(row)
+        log(f"{model} in {label}: {row.get('run_s', row.get('error'))}")
+    return rows
+
+
 def compare(height=320, width=480, repeats=3, optimize=True, log=None):
     """The report: {"size", "threads", "device", "commit", "versions", "torch_eager_s", "rows"}."""
     from .. import MMGroundingDinoForObjectDetection
@@ -170,7 +227,7 @@ def compare(height=320, width=480, repeats=3, optimize=True, log=None):
             theirs_nodes = len(onnx.load(str(theirs_path), load_external_data=False).graph.node)
             exports["transformers"] = (theirs_path, theirs_seconds, theirs_nodes)
         except Exception as exc:  # the peer's failure is a result, recorded in one line
-            rows.append({"model": "transformers", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+            rows.append({"model": "transformers", "error": _one_line(exc)})
         for model, (path, seconds, nodes) in exports.items():
             for runtime, (handle, run, _) in runners(path, threads).items():
                 names = [i.get_any_name() for i in handle.inputs] if runtime.startswith("openvino") else [
@@ -186,6 +243,8 @@ def compare(height=320, width=480, repeats=3, optimize=True, log=None):
                 row["run_s"] = round(median_seconds(lambda: run(feed_for(names, inputs)), repeats), 3)
                 rows.append(row)
                 log(f"{model} in {runtime}: {row['run_s']} s")
+        feeds = {"plain": inputs, "padded": padded}
+        rows += openvino_exporter_rows(hf, feeds, reference, threads, repeats, log)
     with torch.no_grad():
         torch_s = {"transformers": median_seconds(lambda: hf(**inputs), repeats),
                    "mmgdino": median_seconds(lambda: ours_torch(**inputs), repeats)}  # fmt: skip
@@ -233,11 +292,13 @@ def markdown(report):
         "with the first one (mmgdino in ONNX Runtime) on the padded input instead. (The test suite checks padded "
         "batches against PyTorch exactly on a model where no ties reach the top-k.)",
         "",
+    ]
+    lines += peers_summary(report)
+    lines += [
         "| model | runtime | export s | nodes | run s (median) | plain: matched, rel err | padded: matched, rel err "
         "| padded vs mmgdino in ONNX Runtime | input names |",
         "|---|---|---:|---:|---:|---|---|---|---|",
     ]
-    lines += peers_summary(report)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | - | failed: {r['error']} | | | | | | |")
@@ -259,10 +320,13 @@ def peers_summary(report):
     ours = eager[ours_key]
     contenders = {"transformers eager float32": eager["transformers"]}
     for r in report["rows"]:
-        if r.get("model") == "transformers" and "run_s" in r:
-            contenders[f"transformers' export in {r['runtime']}"] = r["run_s"]
-        elif r.get("model") == "transformers":
-            contenders["transformers' export"] = f"failed: {r['error']}"
+        if not r.get("model", "").startswith("transformers"):
+            continue
+        exporter = "OpenVINOExporter" if "OpenVINOExporter" in r["model"] else "OnnxExporter"
+        if "run_s" in r:
+            contenders[f"transformers' {exporter} in {r['runtime']}"] = r["run_s"]
+        else:
+            contenders[f"transformers' {exporter}"] = f"failed: {r['error']}"
     lines = [f"{ours_key} (PyTorch eager) {ours:.3f} s against each peer:", "",
              "| peer | s | mmgdino's speedup |", "|---|---:|---:|"]  # fmt: skip
     for name, seconds in contenders.items():
