@@ -13,7 +13,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,15 +27,12 @@ def measure(repeats):
     """In the child: {"isa", "ms": {"<op> <dtype>": median ms}}."""
     from mmgdino import _extension, ops
     from mmgdino.bench.cases import HEAD_DIM, HEADS, contrastive_inputs, msda_inputs
+    from mmgdino.bench.timing import median_ms as timed
+
+    cpu = torch.device("cpu")
 
     def median_ms(fn, n):
-        fn()
-        times = []
-        for _ in range(n):
-            began = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - began)
-        return statistics.median(times) * 1e3
+        return timed(fn, cpu, n)
 
     ms = {}
     for name in DTYPES:
