@@ -5,6 +5,7 @@ once, when the extension loads)."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,12 @@ torch.save({"isa": _extension._C.cpu_isa, "outs": outs}, sys.argv[2])
 
 
 def _outputs(isa):
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"mmgdino-isa-{isa or 'best'}-{os.getpid()}.pt"
+    out = Path(tempfile.gettempdir()) / f"mmgdino-isa-{isa or 'best'}-{os.getpid()}.pt"
     env = {**os.environ, "MMGDINO_CPU_ISA": isa}
+    # cwd elsewhere: `python -c` puts the working directory on sys.path, and the child must import the mmgdino
+    # under test (an installed wheel in CI's second run), not the checkout's.
     subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(out)], env=env, check=True,
-                   timeout=300)  # fmt: skip
+                   timeout=300, cwd=tempfile.gettempdir())  # fmt: skip
     result = torch.load(out)
     out.unlink()
     return result
@@ -90,6 +93,7 @@ def test_the_build_is_the_best_this_cpu_has_and_the_variable_caps_it():
     code = "from mmgdino import _extension; print(_extension._C.cpu_isa)"
     for asked in ("avx2", "nonsense"):
         env = {**os.environ, "MMGDINO_CPU_ISA": asked}
-        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                             cwd=tempfile.gettempdir())  # fmt: skip
         want = {"avx2": "avx2" if " avx2" in flags else "baseline", "nonsense": _extension._C.cpu_isa}[asked]
         assert got.stdout.strip() == want, asked
