@@ -1,5 +1,5 @@
-"""The CPU kernels' builds side by side: every build this CPU runs (baseline, avx2, avx512), each in its own
-process (MMGDINO_CPU_ISA), timing the fast paths in float32, bfloat16 and float16 on the tiny model's cases at
+"""The CPU kernels' builds side by side: every build this CPU runs (baseline, avx2, avx512, avx512_bf16), each in
+its own process (MMGDINO_CPU_ISA), timing the fast paths in float32, bfloat16 and float16 on the tiny model's cases at
 800x1333 (encoder: 22,223 queries; decoder: 900; 8 heads x 32 channels, 4 levels x 4 points; 16 tokens).
 
     python benchmarks/cpu_isa.py --out benchmarks/results/cpu-isa
@@ -19,7 +19,7 @@ import torch
 
 from mmgdino.environment import describe_device, git_commit, versions
 
-ISAS = ("baseline", "avx2", "avx512")
+ISAS = ("baseline", "avx2", "avx512", "avx512_bf16")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -31,7 +31,10 @@ def _info(args):
     )
     if _extension.has_cpu_kernels:
         isa = getattr(_extension._C, "cpu_isa", "baseline")
-        print(f"  CPU build    {isa} (the best of avx512, avx2, baseline this CPU runs; MMGDINO_CPU_ISA caps it)")
+        print(
+            f"  CPU build    {isa} (the best of avx512_bf16, avx512, avx2, baseline this CPU runs; "
+            "MMGDINO_CPU_ISA caps it)"
+        )
     if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
         print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:
@@ -75,6 +78,8 @@ def _bench_onnx(args):
     out.with_suffix(".md").write_text(onnx.markdown(report))
     print(onnx.markdown(report))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    if args.plot:
+        print(f"wrote {onnx.plot_peers([report], out.with_suffix('.png'))}")
     return 0
 
 

@@ -100,3 +100,14 @@ def test_peer_summary_and_bf16_agreement_measure():
     assert "| transformers eager float32 | 12.000 | 4.00x |" in text
     assert "| transformers' OnnxExporter in onnxruntime | 9.000 | 3.00x |" in text
     assert "transformers' OpenVINOExporter | failed: RuntimeError: no" in text and "mmgdino 50%" in text
+
+
+def test_peer_chart_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mmgdino.bench import onnx
+
+    report = {"size": [8, 8], "torch_eager_s": {"transformers": 12.0, "mmgdino": 6.0, "mmgdino bfloat16": 3.0},
+              "rows": [{"model": "transformers", "runtime": "onnxruntime", "run_s": 9.0},
+                       {"model": "transformers (OpenVINOExporter)", "error": "RuntimeError: no"}]}  # fmt: skip
+    path = onnx.plot_peers([report, report], tmp_path / "peers.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
-"""The CPU kernels' builds (baseline, avx2, avx512): each one this CPU can run gives the same results as the
-portable build, for every operator and input dtype. Each build runs in its own process (MMGDINO_CPU_ISA is read
+"""The CPU kernels' builds (baseline, avx2, avx512, avx512_bf16): each one this CPU can run gives the same results
+as the portable build, for every operator and input dtype. Each build runs in its own process (MMGDINO_CPU_ISA is read
 once, when the extension loads)."""
 
 import os
@@ -65,7 +65,7 @@ def baseline():
     return result["outs"]
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512", ""], ids=["avx2", "avx512", "chosen"])
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512_bf16", ""], ids=["avx2", "avx512", "avx512_bf16", "chosen"])
 def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline):
     from mmgdino import _extension
 
@@ -84,16 +84,19 @@ def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline):
 
 
 def test_the_build_is_the_best_this_cpu_has_and_the_variable_caps_it():
-    """cpu_isa names the build; MMGDINO_CPU_ISA=avx2 on an AVX-512 CPU gives avx2, and an unknown value is ignored."""
+    """cpu_isa names the build; MMGDINO_CPU_ISA caps it (avx2 on an AVX-512 CPU gives avx2), and an unknown value
+    is ignored."""
     from mmgdino import _extension
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "avx512_bf16" in flags and "avx512vl" in flags:
-        assert _extension._C.cpu_isa == "avx512"
+        assert _extension._C.cpu_isa == "avx512_bf16"
     code = "from mmgdino import _extension; print(_extension._C.cpu_isa)"
-    for asked in ("avx2", "nonsense"):
+    for asked in ("avx2", "avx512", "nonsense"):
         env = {**os.environ, "MMGDINO_CPU_ISA": asked}
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                              cwd=tempfile.gettempdir())  # fmt: skip
-        want = {"avx2": "avx2" if " avx2" in flags else "baseline", "nonsense": _extension._C.cpu_isa}[asked]
+        avx2 = "avx2" if " avx2" in flags else "baseline"
+        avx512 = "avx512" if " avx512vl" in flags and " avx512dq" in flags else avx2
+        want = {"avx2": avx2, "avx512": avx512, "nonsense": _extension._C.cpu_isa}[asked]
         assert got.stdout.strip() == want, asked

@@ -1,6 +1,6 @@
-// The fast paths of the CPU kernels (float32, bfloat16 and float16 inputs, float32 arithmetic), compiled three
-// times from cpu_float_kernels.inc (the portable baseline, AVX2+FMA+F16C, AVX-512 with BF16) and picked once at
-// run time. Plain pointers only: nothing here may pull in ATen's inline functions.
+// The fast paths of the CPU kernels (float32, bfloat16 and float16 inputs, float32 arithmetic), compiled four
+// times from cpu_float_kernels.inc (the portable baseline, AVX2+FMA+F16C, AVX-512, AVX-512 with BF16) and picked
+// once at run time. Plain pointers only: nothing here may pull in ATen's inline functions.
 #pragma once
 
 #include <stdint.h>
@@ -57,13 +57,14 @@ struct ContrastiveArgsT {
 MMGDINO_DECLARE_CPU_BUILD(cpu_baseline)
 MMGDINO_DECLARE_CPU_BUILD(cpu_avx2)
 MMGDINO_DECLARE_CPU_BUILD(cpu_avx512)
+MMGDINO_DECLARE_CPU_BUILD(cpu_avx512_bf16)
 
 #undef MMGDINO_DECLARE_CPU_BUILD
 #undef MMGDINO_DECLARE_CPU_KERNELS
 
-// The builds, best last. avx2: AVX2 + FMA + F16C (every AVX2 CPU has F16C). avx512: AVX-512 F/BW/VL/DQ and
-// AVX512_BF16 (Zen 4 and later, Cooper Lake, Sapphire Rapids and later).
-enum class CpuIsa { baseline, avx2, avx512 };
+// The builds, best last. avx2: AVX2 + FMA + F16C (every AVX2 CPU has F16C). avx512: AVX-512 F/BW/VL/DQ
+// (Skylake-SP, Ice Lake). avx512_bf16: that and AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later).
+enum class CpuIsa { baseline, avx2, avx512, avx512_bf16 };
 
 inline bool cpu_supports(CpuIsa isa) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -73,8 +74,8 @@ inline bool cpu_supports(CpuIsa isa) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case CpuIsa::avx512:
       return cpu_supports(CpuIsa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("avx512bf16");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    case CpuIsa::avx512_bf16: return cpu_supports(CpuIsa::avx512) && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 #else
@@ -82,37 +83,35 @@ inline bool cpu_supports(CpuIsa isa) {
 #endif
 }
 
-inline const char* cpu_isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::avx512: return "avx512";
-    case CpuIsa::avx2: return "avx2";
-    default: return "baseline";
-  }
-}
+// One name per build, in CpuIsa's order: what cpu_isa() reports and what MMGDINO_CPU_ISA takes.
+constexpr const char* kCpuIsaNames[] = {"baseline", "avx2", "avx512", "avx512_bf16"};
 
 // The build the CPU kernels run: the best this CPU supports, chosen once, at the first call (the extension's
-// import). MMGDINO_CPU_ISA=baseline|avx2|avx512 caps it (tests/test_cpu_isa.py runs each build against the portable
-// one); a cap above what the CPU has gives the best it has; another value is ignored.
+// import). MMGDINO_CPU_ISA=<name> caps it (tests/test_cpu_isa.py runs each build against the portable one); a
+// cap above what the CPU has gives the best it has; another value is ignored.
 inline CpuIsa cpu_isa_level() {
   static const CpuIsa chosen = [] {
-    CpuIsa cap = CpuIsa::avx512;
-    if (const char* asked = getenv("MMGDINO_CPU_ISA"); asked != nullptr && asked[0] != '\0') {
-      if (strcmp(asked, "baseline") == 0) cap = CpuIsa::baseline;
-      if (strcmp(asked, "avx2") == 0) cap = CpuIsa::avx2;
+    int cap = static_cast<int>(CpuIsa::avx512_bf16);
+    if (const char* asked = getenv("MMGDINO_CPU_ISA"); asked != nullptr) {
+      for (int i = 0; i <= static_cast<int>(CpuIsa::avx512_bf16); ++i) {
+        if (strcmp(asked, kCpuIsaNames[i]) == 0) cap = i;
+      }
     }
-    if (cap == CpuIsa::avx512 && cpu_supports(CpuIsa::avx512)) return CpuIsa::avx512;
-    if (cap != CpuIsa::baseline && cpu_supports(CpuIsa::avx2)) return CpuIsa::avx2;
+    for (int i = cap; i > 0; --i) {
+      if (cpu_supports(static_cast<CpuIsa>(i))) return static_cast<CpuIsa>(i);
+    }
     return CpuIsa::baseline;
   }();
   return chosen;
 }
 
-inline const char* cpu_isa() { return cpu_isa_name(cpu_isa_level()); }
+inline const char* cpu_isa() { return kCpuIsaNames[static_cast<int>(cpu_isa_level())]; }
 
 // fn(args...) from the chosen build's namespace.
-#define MMGDINO_CPU_CALL(fn, ...)                                                        \
-  (::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx512 ? cpu_avx512::fn(__VA_ARGS__) \
-   : ::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx2 ? cpu_avx2::fn(__VA_ARGS__)   \
-                                                           : cpu_baseline::fn(__VA_ARGS__))
+#define MMGDINO_CPU_CALL(fn, ...)                                                                  \
+  (::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx512_bf16 ? cpu_avx512_bf16::fn(__VA_ARGS__) \
+   : ::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx512    ? cpu_avx512::fn(__VA_ARGS__)      \
+   : ::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx2      ? cpu_avx2::fn(__VA_ARGS__)        \
+                                                                : cpu_baseline::fn(__VA_ARGS__))
 
 }  // namespace mmgdino

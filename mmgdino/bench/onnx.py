@@ -312,12 +312,10 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def peers_summary(report):
-    """What a CPU user could run instead, each at its best, against mmgdino's best PyTorch run: lines for
-    markdown()."""
+def peer_times(report):
+    """(mmgdino's best PyTorch run as (name, s), {peer: s or "failed: <one line>"}) from a report."""
     eager = report["torch_eager_s"]
     ours_key = "mmgdino bfloat16" if "mmgdino bfloat16" in eager else "mmgdino"
-    ours = eager[ours_key]
     contenders = {"transformers eager float32": eager["transformers"]}
     for r in report["rows"]:
         if not r.get("model", "").startswith("transformers"):
@@ -327,6 +325,13 @@ def peers_summary(report):
             contenders[f"transformers' {exporter} in {r['runtime']}"] = r["run_s"]
         else:
             contenders[f"transformers' {exporter}"] = f"failed: {r['error']}"
+    return (ours_key, eager[ours_key]), contenders
+
+
+def peers_summary(report):
+    """What a CPU user could run instead, each at its best, against mmgdino's best PyTorch run: lines for
+    markdown()."""
+    (ours_key, ours), contenders = peer_times(report)
     lines = [f"{ours_key} (PyTorch eager) {ours:.3f} s against each peer:", "",
              "| peer | s | mmgdino's speedup |", "|---|---:|---:|"]  # fmt: skip
     for name, seconds in contenders.items():
@@ -340,3 +345,43 @@ def peers_summary(report):
                   "queries that bfloat16 also finds (IoU >= 0.9, same best token): "
                   + ", ".join(f"{k} {v:.0%}" for k, v in agreement.items()) + "."]  # fmt: skip
     return lines + [""]
+
+
+def plot_peers(reports, path):
+    """A PNG bar chart (log scale) of mmgdino's PyTorch runs and every peer that ran, one group per report (each
+    report is one process: compare bars within a group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    labels, seconds, colors = [], [], []
+    for index, report in enumerate(reports):
+        tag = f" [run {index + 1}]" if len(reports) > 1 else ""
+        (_, _), contenders = peer_times(report)
+        mine = {f"mmgdino {k.removeprefix('mmgdino').strip() or 'float32'}": v
+                for k, v in report["torch_eager_s"].items() if k.startswith("mmgdino")}  # fmt: skip
+        for name, value in [*mine.items(), *contenders.items()]:
+            if isinstance(value, str):
+                continue
+            labels.append(name + tag)
+            seconds.append(value)
+            colors.append("tab:green" if name.startswith("mmgdino") else "tab:gray")
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(labels) + 1.4))
+    ax.barh(range(len(labels)), seconds, color=colors)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for y, value in enumerate(seconds):
+        ax.text(value, y, f" {value:.2f} s", va="center", fontsize=7)
+    size = "x".join(map(str, reports[0].get("size", [])))
+    ax.set_xlabel("seconds per image (log scale; lower is better), measured")
+    ax.set_title(f"MM Grounding DINO tiny {size} on this CPU: mmgdino (green) and what a CPU user would run instead",
+                 fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
