@@ -15,6 +15,7 @@ holding every CPU would starve the tasks that feed them, and the pipeline would 
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -223,6 +224,8 @@ def cluster(address):
         yield ray
     finally:
         ray.shutdown()
+        if address == "local":  # the private node's logs and spilled objects go with it
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def plan(resources, options):
