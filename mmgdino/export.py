@@ -124,11 +124,36 @@ def export_graph(model, out, image_size, example_ids, dynamic_batch=False, opset
             dynamic[name][0] = batch
     began = time.perf_counter()
     with torch.no_grad(), portable():
-        program = torch.onnx.export(_Graph(model).eval(), example, str(out), input_names=list(INPUTS),
+        program = torch.onnx.export(_Graph(model).eval(), example, None, input_names=list(INPUTS),
                                     output_names=list(OUTPUTS), dynamic_shapes=dynamic, dynamo=True,
-                                    opset_version=opset, verbose=False, external_data=False,
-                                    optimize=optimize)  # fmt: skip
-    return time.perf_counter() - began, len(program.model.graph) if program is not None else None
+                                    opset_version=opset, verbose=False, optimize=False)  # fmt: skip
+    if optimize:
+        simplify(program.model)
+    program.save(str(out), external_data=False)
+    return time.perf_counter() - began, len(program.model.graph)
+
+
+def simplify(model, rounds=2):
+    """Constant folding, dead-code removal and common subexpressions on the exported graph, in place.
+
+    torch.onnx's own `optimize=True` adds onnxscript's pattern rewriter to these passes. On this graph the rewriter
+    took 61 of the export's 115 s (it tries every rule at every one of ~12,000 nodes) and removed 59 of ~3,990
+    nodes, with no measurable gain in ONNX Runtime or OpenVINO, which run their own fusions when they load a file.
+    """
+    from onnx_ir.passes import common
+    from onnxscript.optimizer import fold_constants_ir
+
+    common.InlinePass()(model)
+    for _ in range(rounds):
+        folded = fold_constants_ir(model, onnx_shape_inference=True).modified
+        removed = common.RemoveUnusedNodesPass()(model).modified
+        if not (folded or removed):
+            break
+    for cleanup in (common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
+                    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                    common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
+                    common.RemoveUnusedNodesPass(), common.OutputFixPass(), common.NameFixPass()):  # fmt: skip
+        cleanup(model)
 
 
 # ------------------------------------------------------------------ running an exported file
