@@ -33,7 +33,7 @@ MAX_BLOCKS = 5
 # the emulator's. The C++ standard is the extension's (CXX_STANDARD, from mmgdino._cuda_build).
 INCLUDE_DIRS = [EMULATOR, ROOT / "csrc" / "include", ROOT / "csrc" / "cuda"]
 
-_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);", re.S)
 _DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float64: "float64",
@@ -145,10 +145,28 @@ TRACE_KERNEL_FLAGS = [
 ]
 
 
-def build_trace(cache_dir=None):
+PEER_SOURCES = (".cu", ".cuh", ".h", ".hpp", ".cpp")
+# CUDA code often reads a register array through another type, which nvcc keeps working and GCC's strict aliasing
+# would not: a peer's units are built without it.
+PEER_KERNEL_FLAGS = [*TRACE_KERNEL_FLAGS, "-fno-strict-aliasing"]
+
+
+def _peer_files(peer):
+    return sorted(p for p in Path(peer).rglob("*") if p.is_file() and p.suffix in PEER_SOURCES)
+
+
+def build_trace(cache_dir=None, peer=None):
     """Directory holding simt_trace (the launchers of csrc/cuda, counting their memory traffic into the JSON file
-    named by SIMT_TRACE_OUT) and simt_trace_selftest (kernels with hand-computed counts)."""
-    digest = _sources_digest("trace", *TRACE_KERNEL_FLAGS)
+    named by SIMT_TRACE_OUT) and simt_trace_selftest (kernels with hand-computed counts).
+
+    peer: a folder with another implementation's kernels and an adapter that defines
+    mmgdino_peer_ms_deform_attn_forward/backward (tests/cuda_emulator/driver.cpp) with our launchers' contract; its
+    .cu and .cpp files are compiled and instrumented like ours (launches rewritten in every file, headers included),
+    with the folder and its include/ (stand-ins for headers the emulator lacks) on the include path. Peers are never
+    part of this repository (.peers/ is ignored): the folder is the caller's."""
+    peer_files = _peer_files(peer) if peer else []
+    peer_digest = [*PEER_KERNEL_FLAGS, *(p.name.encode() + p.read_bytes() for p in peer_files)] if peer else []
+    digest = _sources_digest("trace", *TRACE_KERNEL_FLAGS, *peer_digest)
     out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-trace-{digest}"
     if (out / "simt_trace").exists() and (out / "simt_trace_selftest").exists():
         return out
@@ -160,9 +178,20 @@ def build_trace(cache_dir=None):
         units[cu.stem] = work / (cu.stem + ".cpp")
         units[cu.stem].write_text(f'#define __CUDA_ARCH__ 900\n#line 1 "{cu}"\n' + source)
     units["trace_selftest"] = EMULATOR / "trace_selftest.cpp"
-    plain = {name: EMULATOR / f"{name}.cpp" for name in ("simt", "driver", "trace")}
+    peer_units, peer_dirs = {}, []
+    for path in peer_files:
+        copy = work / "peer" / path.relative_to(peer)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(f'#line 1 "{path}"\n' + rewrite_launches(path.read_text()))
+        if path.suffix in (".cu", ".cpp"):
+            name = "peer_" + "_".join(path.relative_to(peer).with_suffix("").parts)
+            peer_units[name] = copy.with_name(copy.name + ".cpp")
+            peer_units[name].write_text(f'#define __CUDA_ARCH__ 900\n#include "{copy.name}"\n')
+    if peer:
+        peer_dirs = [work / "peer", work / "peer" / "include"]
     flags = [CXX_STANDARD, "-O2", "-g", "-DSIMT_TRACE", "-Wall", "-Wno-unknown-pragmas",
-             *(f"-I{d}" for d in INCLUDE_DIRS)]  # fmt: skip
+             *(f"-I{d}" for d in [*INCLUDE_DIRS, *peer_dirs])]  # fmt: skip
+    plain = {name: EMULATOR / f"{name}.cpp" for name in ("simt", "driver", "trace")}
     cxx = compiler()
     jobs = [
         (
@@ -174,14 +203,14 @@ def build_trace(cache_dir=None):
                 text=True,
             ),
         )  # fmt: skip
-        for group, extra in ((units, TRACE_KERNEL_FLAGS), (plain, []))
+        for group, extra in ((units, TRACE_KERNEL_FLAGS), (peer_units, PEER_KERNEL_FLAGS), (plain, []))
         for name, src in group.items()
     ]
     for name, job in jobs:
         log = job.communicate()[0]
         if job.returncode != 0:
             raise RuntimeError(f"trace build of {name} failed:\n{log[-8000:]}")
-    links = {"simt_trace": ["simt", "driver", "trace", *(cu.stem for cu in KERNELS)],
+    links = {"simt_trace": ["simt", "driver", "trace", *(cu.stem for cu in KERNELS), *peer_units],
              "simt_trace_selftest": ["simt", "trace", "trace_selftest"]}  # fmt: skip
     for exe, parts in links.items():
         subprocess.run([cxx, *flags, *(str(work / f"{p}.o") for p in parts), "-o", str(work / exe)], check=True)
@@ -317,7 +346,7 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _msda_args(value, sampling_locations, misalign, window):
+def _msda_args(value, sampling_locations, misalign, window, peer=False):
     batch, num_values, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     args = dict(
@@ -330,6 +359,7 @@ def _msda_args(value, sampling_locations, misalign, window):
         num_levels=levels,
         num_points=points,
         misalign=int(misalign),
+        peer=int(peer),
     )
     if window is not None:
         # value holds rows [start, start + len) of a batch-1 value with num_values rows, the rest zeros.
@@ -349,10 +379,11 @@ def ms_deform_attn(
     misalign=False,
     window=None,
     counters=None,
+    peer=False,
 ):
     """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value;
-    counters: see _run."""
-    args = _msda_args(value, sampling_locations, misalign, window)
+    counters: see _run; peer: the peer kernel linked by build_trace(peer=...) instead of ours."""
+    args = _msda_args(value, sampling_locations, misalign, window, peer)
     batch, _, heads, head_dim = value.shape
     queries = sampling_locations.shape[1]
     inputs = dict(
@@ -377,10 +408,11 @@ def ms_deform_attn_backward(
     misalign=False,
     window=None,
     counters=None,
+    peer=False,
 ):
     """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights); with a window,
-    grad_value covers the window's rows only; counters: see _run."""
-    args = _msda_args(value, sampling_locations, misalign, window)
+    grad_value covers the window's rows only; counters, peer: see ms_deform_attn."""
+    args = _msda_args(value, sampling_locations, misalign, window, peer)
     inputs = dict(
         value=value,
         spatial_shapes=spatial_shapes,

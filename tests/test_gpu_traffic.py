@@ -95,8 +95,7 @@ def test_msda_backward_scatters_grad_value_with_16_byte_atomics(trace):
     assert atomics["bytes"] == 16 * atomics["lane_accesses"]
 
 
-def test_the_model_puts_a_streaming_copy_at_the_dram_floor(trace):
-    """benchmarks/gpu_model.py's roofline on a traced copy: every sector moved once, so DRAM-bound at the floor."""
+def _gpu_model():
     import importlib.util
     from pathlib import Path
 
@@ -104,9 +103,110 @@ def test_the_model_puts_a_streaming_copy_at_the_dram_floor(trace):
     spec = importlib.util.spec_from_file_location("gpu_model", path)
     gpu_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_model)
+    return gpu_model
+
+
+def test_the_model_puts_a_streaming_copy_at_the_dram_floor(trace):
+    """benchmarks/gpu_model.py's roofline on a traced copy: every sector moved once, so DRAM-bound at the floor."""
+    gpu_model = _gpu_model()
     counters = emu.trace_selftest(trace, "vector_copy")
     assert counters["l1_miss_load_sectors"] == 16
     for target in gpu_model.TARGETS:
         m = gpu_model.model(counters, target)
         assert m["dram_bytes"] == m["floor_bytes"] == 2 * 512
         assert m["modeled_us"] >= m["floor_us"] and m["bound"] in ("dram", "l1", "l2")
+
+
+# A stand-in for a peer implementation (benchmarks/gpu_model.py --peer): the textbook mapping of one thread per
+# (query, head, channel) with 4-byte loads, a launch written across lines, a header of its own beside it, and host
+# code in the adapter that touches the buffers (which must not count as device traffic).
+_PEER_HEADER = r"""
+#pragma once
+#include <cuda_runtime.h>
+#include <math.h>
+template <typename T>
+__global__ void naive_msda(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc, const T* attn,
+                           T* out, int queries, int heads, int channels, int levels, int points, int rows) {
+  const int n = queries * heads * channels;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const int c = i % channels, h = (i / channels) % heads, q = i / (channels * heads);
+    T acc = 0;
+    for (int l = 0; l < levels; ++l) {
+      const int height = shapes[2 * l], width = shapes[2 * l + 1];
+      const T* base = value + (starts[l] * heads + h) * channels + c;
+      for (int p = 0; p < points; ++p) {
+        const int k = ((q * heads + h) * levels + l) * points + p;
+        const T x = loc[2 * k] * width - T(0.5), y = loc[2 * k + 1] * height - T(0.5);
+        const int x0 = floorf(x), y0 = floorf(y);
+        const T fx = x - x0, fy = y - y0;
+        for (int dy = 0; dy < 2; ++dy)
+          for (int dx = 0; dx < 2; ++dx) {
+            const int xx = x0 + dx, yy = y0 + dy;
+            if (xx < 0 || yy < 0 || xx >= width || yy >= height) continue;
+            const T w = (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy);
+            acc += attn[k] * w * base[(yy * width + xx) * heads * channels];
+          }
+      }
+    }
+    out[i] = acc;
+  }
+}
+"""
+_PEER_ADAPTER = r"""
+#include "mmgdino/cuda_launch.h"
+#include "naive.cuh"
+cudaError_t mmgdino_peer_ms_deform_attn_forward(const mmgdino::cuda::MsdaForwardArgs& a, cudaStream_t stream) {
+  if (a.dtype != mmgdino::cuda::DType::kFloat32 || a.batch != 1) return cudaErrorInvalidValue;
+  volatile float first = static_cast<const float*>(a.value)[0];  // host code reading a device buffer
+  (void)first;
+  const int n = a.num_queries * a.num_heads * a.head_dim;
+  naive_msda<float>
+      <<<(n + 255) / 256, 256, 0, stream>>>(
+          static_cast<const float*>(a.value), a.spatial_shapes, a.level_start_index,
+          static_cast<const float*>(a.sampling_locations), static_cast<const float*>(a.attention_weights),
+          static_cast<float*>(a.output), a.num_queries, a.num_heads, a.head_dim, a.num_levels, a.num_points,
+          a.num_values);
+  return cudaGetLastError();
+}
+cudaError_t mmgdino_peer_ms_deform_attn_backward(const mmgdino::cuda::MsdaBackwardArgs&, cudaStream_t) {
+  return cudaErrorInvalidValue;
+}
+"""
+
+
+def test_a_peer_kernel_is_traced_beside_ours(tmp_path, trace):
+    """build_trace(peer=...) links another implementation behind the driver's peer hook: same outputs as ours, its
+    own counts (one 4-byte value load per lane and corner: 4 sectors per request for 32 channels), and a clear error
+    for what the peer refuses."""
+    (tmp_path / "naive.cuh").write_text(_PEER_HEADER)
+    (tmp_path / "adapter.cu").write_text(_PEER_ADAPTER)
+    exe = emu.build_trace(peer=tmp_path)
+    value, shapes, starts, loc, attn = msda_inputs(((6, 8), (3, 4)), batch=1, queries=40, head_dim=32, points=2)
+    ours_counters, peer_counters = {}, {}
+    ours = emu.ms_deform_attn(exe, value, shapes, starts, loc, attn, counters=ours_counters)
+    theirs = emu.ms_deform_attn(exe, value, shapes, starts, loc, attn, counters=peer_counters, peer=True)
+    assert rel_err(theirs, ours) < 1e-6
+    value_loads = peer_counters["by_buffer"]["value load"]
+    assert value_loads["sectors"] == 4 * value_loads["requests"]
+    assert peer_counters["by_buffer"]["value load"] != ours_counters["by_buffer"]["value load"]
+    with pytest.raises(emu.KernelError):
+        emu.ms_deform_attn(exe, value.double(), shapes, starts, loc.double(), attn.double(), counters={}, peer=True)
+    with pytest.raises(AssertionError, match="no peer kernel"):
+        emu.ms_deform_attn(trace, value, shapes, starts, loc, attn, counters={}, peer=True)
+
+
+def test_the_calibration_rule_compares_the_published_ratio():
+    gpu_model = _gpu_model()
+    case = next(iter(gpu_model.CALIBRATION))
+    target = gpu_model.CALIBRATION[case]["target"]
+    (first, (dtype1, ms1)), (second, (dtype2, ms2)) = list(gpu_model.CALIBRATION[case]["published"].items())[:2]
+
+    def row(impl, dtype, ms):
+        return {"impl": impl, "pass": "forward", "case": case, "dtype": dtype,
+                "model": {target: {"modeled_us": ms * 1e3, "bound": "l2"}}}  # fmt: skip
+
+    exact = gpu_model.calibration([row(first, dtype1, ms1 / 2), row(second, dtype2, ms2 / 2)])[0]
+    assert exact["ratio"]["within_30_percent"] and abs(exact["ratio"]["modeled"] - ms2 / ms1) < 1e-9
+    off = gpu_model.calibration([row(first, dtype1, ms1), row(second, dtype2, ms2 * 1.5)])[0]
+    assert not off["ratio"]["within_30_percent"]
+    assert "ratio" not in gpu_model.calibration([row(first, dtype1, ms1)])[0]

@@ -13,6 +13,14 @@
 
 #include "mmgdino/cuda_launch.h"
 
+// Another implementation of the same operator, linked in place of ours to count its traffic the same way (the
+// trace build's `peer` option; args "peer 1"): its adapter defines these with our launchers' contract
+// (mmgdino/cuda_launch.h). Weak, so that the usual builds link without one.
+__attribute__((weak)) cudaError_t mmgdino_peer_ms_deform_attn_forward(const mmgdino::cuda::MsdaForwardArgs& args,
+                                                                      cudaStream_t stream);
+__attribute__((weak)) cudaError_t mmgdino_peer_ms_deform_attn_backward(const mmgdino::cuda::MsdaBackwardArgs& args,
+                                                                       cudaStream_t stream);
+
 namespace {
 
 using mmgdino::cuda::DType;
@@ -109,6 +117,13 @@ int finish(cudaError_t err) {
 }
 
 int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
+  const bool peer = optional_arg("peer", 0) != 0;
+  auto forward = peer ? mmgdino_peer_ms_deform_attn_forward : mmgdino::cuda::ms_deform_attn_forward;
+  auto backward_pass = peer ? mmgdino_peer_ms_deform_attn_backward : mmgdino::cuda::ms_deform_attn_backward;
+  if (forward == nullptr || backward_pass == nullptr) {
+    fprintf(stderr, "peer 1: no peer kernel is linked into this build\n");
+    return 2;
+  }
   mmgdino::cuda::MsdaForwardArgs a;
   a.dtype = dtype;
   a.batch = arg("batch");
@@ -143,7 +158,7 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   a.attention_weights = read_input("attention_weights", points * elem, 0);
   if (!backward) {
     a.output = allocate(outputs * elem, shift, 0xff, "output");
-    const int status = finish(mmgdino::cuda::ms_deform_attn_forward(a, nullptr));
+    const int status = finish(forward(a, nullptr));
     if (status == 0) write_output("output", a.output, outputs * elem);
     return status;
   }
@@ -157,7 +172,7 @@ int run_msda(bool backward, DType dtype, size_t elem, size_t acc_elem) {
   args.grad_value_acc = grad_value;
   args.grad_sampling_locations = allocate(2 * points * elem, 0, 0xff, "grad_sampling_locations");
   args.grad_attention_weights = allocate(points * elem, 0, 0xff, "grad_attention_weights");
-  const int status = finish(mmgdino::cuda::ms_deform_attn_backward(args, nullptr));
+  const int status = finish(backward_pass(args, nullptr));
   if (status == 0) {
     if (window_rows > 0) {
       write_output("grad_value", grad_value + window_offset * acc_elem, window_elems * acc_elem);

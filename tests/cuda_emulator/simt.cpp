@@ -133,13 +133,15 @@ int lane_id() {
   return b.current % kWarp;
 }
 
-void current_warp_lane(uint64_t* warp, int* lane) {
+bool current_warp_lane(uint64_t* warp, int* lane) {
+  if (g_block == nullptr) return false;  // host code between launches
   const Block& b = *g_block;
   const uint64_t block =
       blockIdx.x + static_cast<uint64_t>(gridDim.x) * (blockIdx.y + static_cast<uint64_t>(gridDim.y) * blockIdx.z);
   const uint64_t warps_per_block = (b.threads + kWarp - 1) / kWarp;
   *warp = block * warps_per_block + b.current / kWarp;
   *lane = b.current % kWarp;
+  return true;
 }
 
 uint64_t shuffle(unsigned mask, uint64_t bits, int src_lane) {

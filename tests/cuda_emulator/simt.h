@@ -60,8 +60,9 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /
 namespace simt {
 
 // The memory-traffic tracer (trace.cpp, only in the trace build: SIMT_TRACE): the calling thread's global warp
-// and lane; atomics report themselves (their plain read-modify-write below is not traced as a load and a store).
-void current_warp_lane(uint64_t* warp, int* lane);
+// and lane, false outside a launch (host code); atomics report themselves (their plain read-modify-write below is
+// not traced as a load and a store).
+bool current_warp_lane(uint64_t* warp, int* lane);
 // Device memory the tracer counts as global (the driver's buffers); absent outside the trace build.
 __attribute__((weak)) void trace_buffer(const void* p, size_t bytes, const char* name);
 #ifdef SIMT_TRACE

@@ -112,8 +112,8 @@ struct Target {
   const char* name;
   uint64_t l2_bytes;
 };
-// Published L2 sizes: H100 SXM5 50 MB, A100 40 MB.
-const Target kTargets[] = {{"h100", 50ull << 20}, {"a100", 40ull << 20}};
+// Published L2 sizes: H100 SXM5 50 MB, A100 40 MB, RTX 3090 (GA102) 6 MB (the calibration target).
+const Target kTargets[] = {{"h100", 50ull << 20}, {"a100", 40ull << 20}, {"rtx3090", 6ull << 20}};
 
 struct Tracer {
   std::vector<Buffer> buffers;
@@ -165,7 +165,7 @@ struct Tracer {
     }
     uint64_t warp;
     int lane;
-    current_warp_lane(&warp, &lane);
+    if (!current_warp_lane(&warp, &lane)) return;  // not in a kernel: a launcher's or adapter's host code
     const uintptr_t where = reinterpret_cast<uintptr_t>(site);
     const uint64_t k = executions[SiteKey{warp, where, static_cast<uint64_t>(lane), kind}]++;
     auto [it, fresh] = index.try_emplace(SiteKey{warp, where, k, kind}, instructions.size());
