@@ -79,7 +79,7 @@ bool fused(const at::Tensor& vision, const at::Tensor& text, const at::Tensor& m
            double scale, int64_t max_text_len, const ContrastiveDims& d, bool reduce_max, at::Tensor& out) {
   const at::ScalarType dtype = vision.scalar_type();
   const bool fast_dtype =
-      dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_isa_level() != CpuIsa::baseline);
+      dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_vectorizes_float16());
   if (!fast_dtype || text.scalar_type() != dtype || d.dim % 8 != 0) return false;
   const auto vision_c = vision.contiguous();
   const auto text_c = text.contiguous();

@@ -107,6 +107,10 @@ inline CpuIsa cpu_isa_level() {
 
 inline const char* cpu_isa() { return kCpuIsaNames[static_cast<int>(cpu_isa_level())]; }
 
+// float32 and bfloat16 always take the vectorized kernels; float16 only where the build has F16C: in the portable
+// build each float16 conversion is a library call, and the generic kernels are as fast.
+inline bool cpu_vectorizes_float16() { return cpu_isa_level() != CpuIsa::baseline; }
+
 // fn(args...) from the chosen build's namespace.
 #define MMGDINO_CPU_CALL(fn, ...)                                                                  \
   (::mmgdino::cpu_isa_level() == ::mmgdino::CpuIsa::avx512_bf16 ? cpu_avx512_bf16::fn(__VA_ARGS__) \

@@ -227,8 +227,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
       case at::kFloat: forward_fast(chunks, fast_args<float>(v, lv, loc, attn, d), output, d); return output;
       case at::kBFloat16: forward_fast(chunks, fast_args<Bf16>(v, lv, loc, attn, d), output, d); return output;
       case at::kHalf:
-        // Without F16C (the portable build) each conversion is a library call: the generic kernel is as fast.
-        if (cpu_isa_level() == CpuIsa::baseline) break;
+        if (!cpu_vectorizes_float16()) break;
         forward_fast(chunks, fast_args<_Float16>(v, lv, loc, attn, d), output, d);
         return output;
       default: break;  // float64: the generic kernel below
@@ -255,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
     const at::ScalarType dtype = value.scalar_type();
     const bool fast_dtype =
-        dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_isa_level() != CpuIsa::baseline);
+        dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_vectorizes_float16());
     if (const int chunks = fast_dtype ? fast_path_chunks(d) : 0) {
       float* grad_value = grads.value_acc.mutable_data_ptr<float>();
       switch (dtype) {
