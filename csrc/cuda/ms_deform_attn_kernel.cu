@@ -80,11 +80,27 @@ __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs 
   const int64_t points_per_head = a.num_levels * a.num_points;
   const int64_t chunks = a.head_dim / kVec;
 
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; item < total;
-       item += groups_per_grid) {
+  // The 16-byte instantiations walk (head, batch * query) head-major: a block then holds consecutive queries of one
+  // head, whose samples fall on neighbouring pixels, so its gathers reuse each other's sectors in L1 (modeled on
+  // the encoder: L1 hits 45% -> 68%, L1->L2 sectors -42%; benchmarks/results/gpu-model-mapping.md). The scalar
+  // (unaligned) and the narrow-head (under 4 lanes) instantiations keep item order: there the extra division costs
+  // registers (spills, or 50% occupancy for <float, 4, 1>) that their few channels per item cannot pay back.
+  constexpr bool kHeadMajor = kVec > 1 && kGroup >= 4;
+  const int64_t rows = a.batch * a.num_queries;
+  for (int64_t step = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; step < total;
+       step += groups_per_grid) {
     // item = (b * num_queries + q) * num_heads + h, the layout of the point tables and of the output.
-    const int64_t h = item % a.num_heads;
-    const int64_t b = item / (a.num_queries * a.num_heads);
+    int64_t item, h, b;
+    if constexpr (kHeadMajor) {
+      h = step / rows;
+      const int64_t row = step - h * rows;
+      item = row * a.num_heads + h;
+      b = row / a.num_queries;
+    } else {
+      item = step;
+      h = item % a.num_heads;
+      b = item / (a.num_queries * a.num_heads);
+    }
     const T* value_bh = value + (b * a.num_values * a.num_heads + h) * a.head_dim;
     const T* item_loc = loc + 2 * item * points_per_head;
     const T* item_attn = attn + item * points_per_head;
