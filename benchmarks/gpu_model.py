@@ -224,7 +224,8 @@ def markdown(report):
         lines.append(f"| {row['impl']} | {row['pass']} | {row['case']} | {row['dtype']} | " + " | ".join(cells) + " |")
     lines += [f"\n{row['impl']} {row['pass']} {row['case']} {row['dtype']}: {row['error']}" for row in report["rows"]
               if "error" in row]  # fmt: skip
-    lines += calibration_markdown(report)
+    if any(row["case"] in CALIBRATION for row in report["rows"]):
+        lines += calibration_markdown(report)
     lines += ["", "Targets (assumptions marked in benchmarks/gpu_model.py): " + "; ".join(
         f"{t['name']}: {t['sms']} SMs at {t['clock_ghz']} GHz, DRAM {t['dram_tbs']} TB/s, L2 {t['l2_tbs']:.1f} TB/s"
         for t in TARGETS.values())]  # fmt: skip
@@ -314,7 +315,8 @@ def main():
         try:
             counters = traced(case, getattr(torch, dtype), backward, peers.get(impl))
         except RuntimeError as exc:  # a peer that does not take this dtype: recorded, not fatal
-            rows.append(dict(row, error=str(exc).strip().splitlines()[0]))
+            reason = str(exc).strip().splitlines()[0]
+            rows.append(dict(row, error=f"{impl} does not run {dtype} here (its launch returned {reason!r})"))
             continue
         targets = [CALIBRATION[case]["target"]] if case in CALIBRATION else REPORTED
         rows.append(dict(row, counters=counters, summary=summary(counters),

@@ -80,12 +80,14 @@ __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs 
   const int64_t points_per_head = a.num_levels * a.num_points;
   const int64_t chunks = a.head_dim / kVec;
 
-  // The 16-byte instantiations walk (head, batch * query) head-major: a block then holds consecutive queries of one
-  // head, whose samples fall on neighbouring pixels, so its gathers reuse each other's sectors in L1 (modeled on
-  // the encoder: L1 hits 45% -> 68%, L1->L2 sectors -42%; benchmarks/results/gpu-model-mapping.md). The scalar
-  // (unaligned) and the narrow-head (under 4 lanes) instantiations keep item order: there the extra division costs
-  // registers (spills, or 50% occupancy for <float, 4, 1>) that their few channels per item cannot pay back.
-  constexpr bool kHeadMajor = kVec > 1 && kGroup >= 4;
+  // Where one (query, head) row fills whole 128-byte lines (16-byte packets, 8 or more lanes: float32 heads of 32
+  // channels and up), the loop walks (head, batch * query) head-major: a block then holds consecutive queries of one
+  // head, whose samples fall on neighbouring pixels, so its gathers reuse each other's sectors in L1 (modeled, float32
+  // encoder: L1 hits 45% -> 68%, H100 168 -> 98 us; benchmarks/results/gpu-model-msda.md). Shorter rows keep item
+  // order, where a warp's groups read one pixel's adjacent heads: head-major would spread a warp's half-lines over
+  // twice the lines (modeled bfloat16: L1 wavefronts up, 7% slower on H100), and the scalar instantiations' extra
+  // division made them spill.
+  constexpr bool kHeadMajor = kVec > 1 && kGroup >= 8;
   const int64_t rows = a.batch * a.num_queries;
   for (int64_t step = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; step < total;
        step += groups_per_grid) {
