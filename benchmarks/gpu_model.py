@@ -188,7 +188,8 @@ def markdown(report):
         "and benchmarks/results/gpu-model-calibration.md). It is a memory roofline: instruction issue and latency "
         "are not modeled, so it is a lower bound for a kernel that is not memory-bound. Commit "
         + report["commit"]
-        + ".",
+        + "."
+        + (" " + report["note"] + "." if report.get("note") else ""),
         "",
         "| kernel | pass | case | dtype | requests | sectors/request (value loads) | L1 hit | distinct MB | atomic "
         "lanes per address | emulated s |",
