@@ -11,6 +11,8 @@ decoder only. Writes <out>.json and <out>.md.
         --out benchmarks/results/gpu-model-calibration
     python benchmarks/gpu_model.py --peer original=DIR --out benchmarks/results/gpu-model-vs-original
 
+--triton (or --triton-only) adds our Triton kernels, counted in Triton's interpreter (tests/triton_trace.py: exact
+addresses per program; the split into warp instructions follows Triton's default blocked layout, approximated).
 --peer NAME=DIR traces another implementation beside ours (DIR: its kernels and an adapter to our launcher
 contract, see tests/cuda_emulation.build_trace; kept in the ignored .peers/, never committed). --calibrate runs
 only the published case (CALIBRATION) on its GPU, each implementation in its published dtype.
@@ -26,6 +28,7 @@ kernel that is not bound by memory it is a lower bound.
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,6 +167,21 @@ def traced(case, dtype, backward, peer=None):
     return counters
 
 
+def traced_triton(case, dtype, backward):
+    """Counters of one launch of our Triton kernel, counted in Triton's interpreter (tests/triton_trace.py, in a
+    process of its own: the interpreter must be chosen before triton is imported)."""
+    import subprocess
+
+    if case in CALIBRATION:
+        raise RuntimeError("the Triton path is traced on the seed's cases only")
+    script = ROOT / "tests" / "triton_trace.py"
+    proc = subprocess.run([sys.executable, str(script), "backward" if backward else "forward", case, dtype],
+                          capture_output=True, text=True, env=dict(os.environ, TRITON_INTERPRET="1"))  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"triton trace failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def summary(counters):
     g = counters["global"]
     requests = sum(g[k]["requests"] for k in g)
@@ -278,7 +296,8 @@ def calibration_markdown(report):
 def plan(args, peers):
     """(kernel, pass, case, dtype) to trace: ours and each peer on the seed's cases, or with --calibrate every
     implementation on the published case in its published dtype (float32 for ours)."""
-    impls = ["mmgdino", *peers]
+    impls = [*(["mmgdino"] if not args.triton_only else []), *(["triton"] if args.triton or args.triton_only else []),
+             *peers]  # fmt: skip
     if args.calibrate:
         published = {impl: dtype for case in CALIBRATION.values() for impl, (dtype, _) in case["published"].items()}
         return [(impl, False, case, published.get(impl, "float32")) for case in CALIBRATION for impl in impls]
@@ -297,6 +316,8 @@ def main():
                         help="another implementation traced beside ours: DIR holds its kernels and an adapter "
                         "(tests/cuda_emulation.build_trace); NAMEs: original, dcnv4-flash")  # fmt: skip
     parser.add_argument("--calibrate", action="store_true", help="only the published calibration case")
+    parser.add_argument("--triton", action="store_true", help="also our Triton kernels (counted in the interpreter)")
+    parser.add_argument("--triton-only", action="store_true", help="only our Triton kernels")
     parser.add_argument("--render", metavar="JSON", help="rewrite <out>.md (and the calibration) from a report")
     args = parser.parse_args()
     from mmgdino.environment import git_commit
@@ -314,7 +335,10 @@ def main():
         print(f"tracing {impl} {direction} {case} {dtype} ...", file=sys.stderr, flush=True)
         row = {"impl": impl, "pass": direction, "case": case, "dtype": dtype}
         try:
-            counters = traced(case, getattr(torch, dtype), backward, peers.get(impl))
+            if impl == "triton":
+                counters = traced_triton(case, dtype, backward)
+            else:
+                counters = traced(case, getattr(torch, dtype), backward, peers.get(impl))
         except RuntimeError as exc:  # a peer that does not take this dtype: recorded, not fatal
             reason = str(exc).strip().splitlines()[0]
             rows.append(dict(row, error=f"{impl} does not run {dtype} here (its launch returned {reason!r})"))
