@@ -106,17 +106,18 @@ def counting(buffers):
     def elem_bytes(ptrs):
         return ptrs.get_element_ty().primitive_bitwidth // 8
 
-    def load(self, ptrs, mask, other, cache_policy, is_volatile):
+    # Triton releases differ in the trailing arguments of these methods: passed through as they come.
+    def load(self, ptrs, mask, *rest, **kwargs):
         counter.record("load", self.grid_idx, ptrs.data, mask.data, elem_bytes(ptrs))
-        return originals["create_masked_load"](self, ptrs, mask, other, cache_policy, is_volatile)
+        return originals["create_masked_load"](self, ptrs, mask, *rest, **kwargs)
 
-    def store(self, ptrs, value, mask, cache_policy):
+    def store(self, ptrs, value, mask, *rest, **kwargs):
         counter.record("store", self.grid_idx, ptrs.data, mask.data, elem_bytes(ptrs))
-        return originals["create_masked_store"](self, ptrs, value, mask, cache_policy)
+        return originals["create_masked_store"](self, ptrs, value, mask, *rest, **kwargs)
 
-    def atomic(self, rmw_op, ptr, val, mask, sem, scope):
+    def atomic(self, rmw_op, ptr, val, mask, *rest, **kwargs):
         counter.record("atomic", self.grid_idx, ptr.data, mask.data, elem_bytes(ptr))
-        return originals["create_atomic_rmw"](self, rmw_op, ptr, val, mask, sem, scope)
+        return originals["create_atomic_rmw"](self, rmw_op, ptr, val, mask, *rest, **kwargs)
 
     builder.create_masked_load, builder.create_masked_store, builder.create_atomic_rmw = load, store, atomic
     try:
