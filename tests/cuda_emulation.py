@@ -178,7 +178,7 @@ def build_trace(cache_dir=None, peer=None):
         units[cu.stem] = work / (cu.stem + ".cpp")
         units[cu.stem].write_text(f'#define __CUDA_ARCH__ 900\n#line 1 "{cu}"\n' + source)
     units["trace_selftest"] = EMULATOR / "trace_selftest.cpp"
-    peer_units, peer_dirs = {}, []
+    peer_units = {}
     for path in peer_files:
         copy = work / "peer" / path.relative_to(peer)
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +187,7 @@ def build_trace(cache_dir=None, peer=None):
             name = "peer_" + "_".join(path.relative_to(peer).with_suffix("").parts)
             peer_units[name] = copy.with_name(copy.name + ".cpp")
             peer_units[name].write_text(f'#define __CUDA_ARCH__ 900\n#include "{copy.name}"\n')
-    if peer:
-        peer_dirs = [work / "peer", work / "peer" / "include"]
+    peer_dirs = [work / "peer", work / "peer" / "include"] if peer else []
     flags = [CXX_STANDARD, "-O2", "-g", "-DSIMT_TRACE", "-Wall", "-Wno-unknown-pragmas",
              *(f"-I{d}" for d in [*INCLUDE_DIRS, *peer_dirs])]  # fmt: skip
     plain = {name: EMULATOR / f"{name}.cpp" for name in ("simt", "driver", "trace")}
