@@ -172,8 +172,6 @@ def traced_triton(case, dtype, backward):
     process of its own: the interpreter must be chosen before triton is imported)."""
     import subprocess
 
-    if case in CALIBRATION:
-        raise RuntimeError("the Triton path is traced on the seed's cases only")
     script = ROOT / "tests" / "triton_trace.py"
     proc = subprocess.run([sys.executable, str(script), "backward" if backward else "forward", case, dtype],
                           capture_output=True, text=True, env=dict(os.environ, TRITON_INTERPRET="1"))  # fmt: skip
@@ -320,15 +318,28 @@ def main():
     parser.add_argument("--triton-only", action="store_true", help="only our Triton kernels")
     parser.add_argument("--render", metavar="JSON", help="rewrite <out>.md (and the calibration) from a report")
     args = parser.parse_args()
+    import cuda_emulation as emu
+
     from mmgdino.environment import git_commit
 
     if args.render:
+        if not Path(args.render).is_file():
+            parser.error(f"--render {args.render}: no such report")
         report = json.loads(Path(args.render).read_text())
         report["calibration"] = calibration(report["rows"])
         write(report, Path(args.out))
         return
 
-    peers = dict(item.split("=", 1) for item in args.peer)
+    peers = {}
+    for item in args.peer:
+        name, _, folder = item.partition("=")
+        if not name or not folder:
+            parser.error(f"--peer {item!r}: expected NAME=DIR")
+        if not Path(folder).is_dir():
+            parser.error(f"--peer {item!r}: {folder} is not a folder")
+        peers[name] = folder
+    if args.calibrate and (args.triton or args.triton_only):
+        parser.error("--calibrate traces the CUDA kernels only (the published case is not run through Triton)")
     rows = []
     for impl, backward, case, dtype in plan(args, peers):
         direction = "backward" if backward else "forward"
@@ -339,7 +350,7 @@ def main():
                 counters = traced_triton(case, dtype, backward)
             else:
                 counters = traced(case, getattr(torch, dtype), backward, peers.get(impl))
-        except RuntimeError as exc:  # a peer that does not take this dtype: recorded, not fatal
+        except emu.KernelError as exc:  # the launch refused (a peer that does not take this dtype): recorded
             reason = str(exc).strip().splitlines()[0]
             rows.append(dict(row, error=f"{impl} does not run {dtype} here (its launch returned {reason!r})"))
             continue

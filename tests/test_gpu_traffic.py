@@ -210,3 +210,24 @@ def test_the_calibration_rule_compares_the_published_ratio():
     off = gpu_model.calibration([row(first, dtype1, ms1), row(second, dtype2, ms2 * 1.5)])[0]
     assert not off["ratio"]["within_30_percent"]
     assert "ratio" not in gpu_model.calibration([row(first, dtype1, ms1)])[0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--peer", "original"], "expected NAME=DIR"),
+        (["--peer", "original=/no/such/folder"], "is not a folder"),
+        (["--calibrate", "--triton"], "CUDA kernels only"),
+        (["--render", "/no/such/report.json"], "no such report"),
+    ],
+)
+def test_gpu_model_refuses_bad_arguments_in_one_line(argv, message):
+    """benchmarks/gpu_model.py: a bad argument stops it before any tracing, with argparse's exit code 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model.py"
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
