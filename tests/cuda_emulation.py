@@ -219,6 +219,19 @@ def build_trace(cache_dir=None, peer=None):
     return out
 
 
+def build_reuse(cache_dir=None):
+    """The reuse-distance counter of trace.cpp as a command (tests/cuda_emulator/reuse_main.cpp: sector numbers on
+    stdin, the histogram's JSON on stdout), for traces counted outside the emulator (tests/triton_trace.py)."""
+    sources = [EMULATOR / "reuse.h", EMULATOR / "reuse_main.cpp"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    exe = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-reuse-{digest}"
+    if not exe.exists():
+        partial = exe.with_name(f"{exe.name}.{os.getpid()}")
+        subprocess.run([compiler(), CXX_STANDARD, "-O2", str(sources[1]), "-o", str(partial)], check=True)
+        partial.replace(exe)  # renamed into place, as build_trace does
+    return exe
+
+
 def trace_selftest(exe, case):
     """The counters of one hand-computable kernel (tests/cuda_emulator/trace_selftest.cpp)."""
     import json

@@ -195,6 +195,57 @@ def test_a_peer_kernel_is_traced_beside_ours(tmp_path, trace):
         emu.ms_deform_attn(trace, value, shapes, starts, loc, attn, counters={}, peer=True)
 
 
+def _lru_misses(stream, capacity):
+    from collections import OrderedDict
+
+    cache, misses = OrderedDict(), 0
+    for sector in stream:
+        if sector in cache:
+            cache.move_to_end(sector)
+        else:
+            misses += 1
+            cache[sector] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return misses
+
+
+def test_reuse_distances_give_an_lru_cache_of_any_size():
+    """The histogram (tests/cuda_emulator/reuse.h) against a plain LRU cache, over more touches than the counter's
+    first slot table holds (so its renumbering runs), and the model's misses read from it."""
+    import json
+    import subprocess
+
+    import numpy as np
+
+    gpu_model = _gpu_model()
+    rng = np.random.default_rng(0)
+    # A hot set reused at short distances and a cold one at long distances: hits differ at every size below.
+    stream = np.where(rng.random(1_200_000) < 0.5, rng.integers(0, 3000, 1_200_000),
+                      rng.integers(10_000, 40_000, 1_200_000)).astype("<u8")  # fmt: skip
+    proc = subprocess.run([str(emu.build_reuse())], input=stream.tobytes(), capture_output=True, check=True)
+    reuse = json.loads(proc.stdout)
+    assert reuse["cold"] == len(np.unique(stream))
+    assert reuse["cold"] + reuse["beyond"] + sum(reuse["counts"]) == stream.size
+    for buckets in (1, 2, 5, 8):
+        misses = reuse["cold"] + reuse["beyond"] + sum(reuse["counts"][buckets:])
+        assert misses == _lru_misses(stream.tolist(), buckets * reuse["bucket_sectors"])
+    gpu_model.TARGETS["test-target"] = dict(l2_mb=5 * reuse["bucket_sectors"] * 32 / 2**20)
+    try:
+        assert gpu_model.l2_misses({"reuse": reuse}, "test-target") == _lru_misses(stream.tolist(), 5 * 4096)
+    finally:
+        del gpu_model.TARGETS["test-target"]
+
+
+def test_scaled_counters_multiply_sums_only():
+    gpu_model = _gpu_model()
+    counters = {"global": {"load": {"requests": 3, "max_lanes_per_address": 2}}, "reuse": {"bucket_sectors": 4096,
+                "counts": [1, 2], "cold": 5}, "emulated_seconds": 1.5, "active_lanes_per_request": 31.0}  # fmt: skip
+    assert gpu_model.scaled(counters, 4) == {"global": {"load": {"requests": 12, "max_lanes_per_address": 2}},
+                                             "reuse": {"bucket_sectors": 4096, "counts": [4, 8], "cold": 20},
+                                             "emulated_seconds": 1.5, "active_lanes_per_request": 31.0}  # fmt: skip
+
+
 def test_the_calibration_rule_compares_the_published_ratio():
     gpu_model = _gpu_model()
     case = next(iter(gpu_model.CALIBRATION))
@@ -217,7 +268,7 @@ def test_the_calibration_rule_compares_the_published_ratio():
     [
         (["--peer", "original"], "expected NAME=DIR"),
         (["--peer", "original=/no/such/folder"], "is not a folder"),
-        (["--calibrate", "--triton"], "CUDA kernels only"),
+        (["--calibrate", "no-such-case"], "invalid choice"),
         (["--render", "/no/such/report.json"], "no such report"),
     ],
 )

@@ -6,18 +6,29 @@ addresses are known exactly. What it does not know is how the compiled kernel sp
 instructions: that is the layout Triton picks. Counted here with Triton's default blocked layout for these tiles:
 the block flattened with its last dimension fastest, 16-byte vectors per lane where the last dimension is
 contiguous in memory (else one element), 32 lanes per warp instruction; masked-off lanes issue nothing. A program
-is a thread block: its repeated reads of a sector count once towards L2 (the L1 model of trace.cpp). L2 misses
-are the compulsory ones (every case's working set is under the targets' L2). Shared memory (layout conversions)
-is not counted.
+is a thread block: its repeated reads of a sector count once towards L2 (the L1 model of trace.cpp). For the L2,
+each program's loaded and atomically updated sectors are replayed in the GPU's launch order (program id 0
+fastest; the interpreter runs them in another order) through the reuse-distance histogram of trace.cpp
+(tests/cuda_emulator/reuse.h). Shared memory (layout conversions) is not counted.
 
-    python tests/triton_trace.py forward|backward encoder|decoder float32|bfloat16   (prints the counters as JSON)
+    python tests/triton_trace.py forward|backward INPUTS.pt [--peer DIR]   (prints the counters as JSON)
+
+INPUTS.pt: torch.save of {value, spatial_shapes, level_start_index, sampling_locations, attention_weights} (CPU
+tensors, our layout). --peer DIR: another implementation's Triton kernels behind DIR/adapter.py, which defines
+forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) and
+backward(grad_output, <the same five>); DIR is put first on the import path. Peers are never part of this
+repository (see benchmarks/gpu_model.py --peer).
 """
 
+import argparse
 import contextlib
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +44,8 @@ class Counter:
         self.by_buffer = defaultdict(lambda: defaultdict(int))
         self.distinct = {k: set() for k in KINDS}
         self.program_loads = defaultdict(set)
+        # program (x, y, z) -> the distinct sectors of its loads and atomics, request by request: the L2 stream
+        self.program_touches = defaultdict(list)
 
     def _buffer(self, address):
         for name, (start, end) in self.buffers:
@@ -72,8 +85,16 @@ class Counter:
             self.distinct[kind].update(sectors.tolist())
             if kind == "load":
                 self.program_loads[program].update(sectors.tolist())
+            if kind != "store":  # stores fill whole sectors in L2 without reading them (as in trace.cpp)
+                self.program_touches[program].append(sectors)
 
-    def counters(self, targets=("h100", "a100", "rtx3090")):
+    def l2_stream(self):
+        """Every program's touches, programs in launch order: x fastest, then y, then z."""
+        order = sorted(self.program_touches, key=lambda xyz: (xyz[2], xyz[1], xyz[0]))
+        parts = [a for xyz in order for a in self.program_touches[xyz]]
+        return np.concatenate(parts).astype("<u8") if parts else np.zeros(0, dtype="<u8")
+
+    def counters(self):
         out = {"global": {}}
         for kind in KINDS:
             t = dict(self.totals[kind])
@@ -86,11 +107,22 @@ class Counter:
         out["distinct_sectors"] = len(loaded | written)
         out["written_sectors"] = len(written)
         out["l1_miss_load_sectors"] = sum(len(s) for s in self.program_loads.values())
-        out["l2"] = {target: {"misses": len(loaded)} for target in targets}
+        out["reuse"] = reuse_distances(self.l2_stream())
         out["shared"] = {"wavefronts": 0}
         out["by_buffer"] = {name: dict(v) for name, v in self.by_buffer.items()}
         out["programs"] = len(self.program_loads)
         return out
+
+
+def reuse_distances(sectors):
+    """The reuse-distance histogram of a sector stream, by the emulator's own counter (reuse.h), in C++: a stream
+    has tens of millions of touches."""
+    import cuda_emulation
+
+    proc = subprocess.run([str(cuda_emulation.build_reuse())], input=sectors.tobytes(), capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"simt_reuse failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    return json.loads(proc.stdout)
 
 
 @contextlib.contextmanager
@@ -131,25 +163,47 @@ def _span(t):
     return (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
 
 
-def trace_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output=None):
-    """Counters of one Triton MSDA launch (forward, or backward with grad_output) on CPU tensors."""
-    import torch
+def _peer(folder):
+    """The adapter module of a Triton peer (see the module's docstring), loaded from its file: another peer's
+    adapter may have been imported before."""
+    folder = Path(folder).resolve()
+    sys.path.insert(0, str(folder))  # for the adapter's own imports of the peer's modules
+    spec = importlib.util.spec_from_file_location(f"triton_peer_adapter_{abs(hash(folder))}", folder / "adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    import mmgdino
 
+def trace_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output=None,
+               peer=None):  # fmt: skip
+    """Counters of one Triton MSDA launch (forward, or backward with grad_output) on CPU tensors: ours, or with
+    `peer` (a folder) the peer's."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("set TRITON_INTERPRET=1 before importing triton (run this module as a script)")
+    if peer is None:
+        import torch
+
+        import mmgdino
+
+        forward = lambda *args: mmgdino.ops.ms_deform_attn(*args, backend="triton")  # noqa: E731
+        backward = torch.ops.mmgdino.ms_deform_attn_backward_triton
+    else:
+        adapter = _peer(peer)
+        forward, backward = adapter.forward, adapter.backward
     buffers = {"value": _span(value), "sampling_locations": _span(sampling_locations),
                "attention_weights": _span(attention_weights)}  # fmt: skip
     args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if grad_output is None:
         with counting(buffers) as counter:
-            mmgdino.ops.ms_deform_attn(*args, backend="triton")
+            forward(*args)
         return counter.counters()
     buffers["grad_output"] = _span(grad_output)
     with counting(buffers) as counter:
-        torch.ops.mmgdino.ms_deform_attn_backward_triton(grad_output, *args)
+        backward(grad_output, *args)
     return counter.counters()
+
+
+INPUT_NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
 
 
 def main(argv):
@@ -157,13 +211,18 @@ def main(argv):
 
     import torch
 
-    from mmgdino.bench.cases import HEAD_DIM, HEADS, msda_inputs
-
-    direction, case, dtype = argv
-    value, shapes, starts, loc, attn = msda_inputs(case, 1, getattr(torch, dtype), "cpu")
-    grad = torch.randn(1, loc.shape[1], HEADS * HEAD_DIM).to(value.dtype) if direction == "backward" else None
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("direction", choices=("forward", "backward"))
+    parser.add_argument("inputs", help="torch.save of the five input tensors by name")
+    parser.add_argument("--peer", metavar="DIR", help="a Triton peer's folder (DIR/adapter.py)")
+    args = parser.parse_args(argv)
+    saved = torch.load(args.inputs)
+    value, shapes, starts, loc, attn = (saved[name] for name in INPUT_NAMES)
+    grad = None
+    if args.direction == "backward":
+        grad = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]).to(value.dtype)
     began = time.perf_counter()
-    counters = trace_msda(value, shapes, starts, loc, attn, grad)
+    counters = trace_msda(value, shapes, starts, loc, attn, grad, peer=args.peer)
     counters["emulated_seconds"] = round(time.perf_counter() - began, 1)
     print(json.dumps(counters))
 

@@ -11,21 +11,22 @@
 // Accesses count as global only inside the buffers the driver registers (trace_buffer), as shared inside static
 // storage (where __shared__ lives in the emulator); anything else (stack, kernel arguments) is registers.
 //
-// The L2 estimate replays every load's and atomic's distinct sectors, block after block, through an LRU cache of the
-// target's L2 size: a GPU runs many blocks at once, so reuse distances are longer there; with working sets under
-// the L2 size (every case in benchmarks/gpu_model.py) the misses are the compulsory ones either way.
+// The L2 estimate: every load's and atomic's distinct sectors, block after block in launch order, feed a histogram
+// of reuse distances (reuse.h), from which benchmarks/gpu_model.py reads the hits of an LRU cache of each target's
+// L2 size. A GPU runs many blocks at once, so reuse distances are somewhat longer there; with working sets under the
+// L2 size the misses are the compulsory ones either way.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <algorithm>
-#include <list>
 #include <map>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "reuse.h"
 #include "simt.h"
 
 extern "C" char __data_start;  // the executable's static storage: [__data_start, _end)
@@ -81,40 +82,6 @@ struct Counters {
   uint64_t max_lanes_per_address = 0;
 };
 
-// An LRU cache of sectors, the L2 of one target.
-class Lru {
- public:
-  explicit Lru(uint64_t bytes) : capacity_(bytes / kSector) {}
-  void touch(uint64_t sector) {
-    auto it = where_.find(sector);
-    if (it != where_.end()) {
-      ++hits_;
-      order_.splice(order_.begin(), order_, it->second);
-      return;
-    }
-    ++misses_;
-    order_.push_front(sector);
-    where_[sector] = order_.begin();
-    if (where_.size() > capacity_) {
-      where_.erase(order_.back());
-      order_.pop_back();
-    }
-  }
-  uint64_t hits_ = 0, misses_ = 0;
-
- private:
-  uint64_t capacity_;
-  std::list<uint64_t> order_;
-  std::unordered_map<uint64_t, std::list<uint64_t>::iterator> where_;
-};
-
-struct Target {
-  const char* name;
-  uint64_t l2_bytes;
-};
-// Published L2 sizes: H100 SXM5 50 MB, A100 40 MB, RTX 3090 (GA102) 6 MB (the calibration target).
-const Target kTargets[] = {{"h100", 50ull << 20}, {"a100", 40ull << 20}, {"rtx3090", 6ull << 20}};
-
 struct Tracer {
   std::vector<Buffer> buffers;
   // The current block's warp instructions, in the order they were first reached.
@@ -131,11 +98,8 @@ struct Tracer {
   // a sector hit in its SM's L1 (an SM's L1 holds far more than one block's gathers here).
   std::unordered_set<uint64_t> block_load_sectors;
   uint64_t l1_miss_sectors = 0;
-  std::vector<Lru> l2;
+  ReuseDistances l2;
 
-  Tracer() {
-    for (const Target& t : kTargets) l2.emplace_back(t.l2_bytes);
-  }
   ~Tracer() { report(); }
 
   int buffer_of(uintptr_t a) const {
@@ -237,9 +201,7 @@ struct Tracer {
       if (in.kind == kLoad) block_load_sectors.insert(s);
       if (in.kind != kLoad) written_sectors.insert(s);
       // Stores fill whole sectors in L2 without reading DRAM; their write-back is written_sectors.
-      if (in.kind != kStore) {
-        for (Lru& cache : l2) cache.touch(s);
-      }
+      if (in.kind != kStore) l2.touch(s);
     }
     for (uint64_t s : lines) distinct_lines.insert(s);
   }
@@ -278,13 +240,9 @@ struct Tracer {
             global_requests ? static_cast<double>(lanes_sum) / global_requests : 0.0);
     fprintf(f, ", \"shared\": {\"requests\": %llu, \"wavefronts\": %llu}",
             static_cast<unsigned long long>(shared_requests), static_cast<unsigned long long>(shared_wavefronts));
-    fprintf(f, ", \"l2\": {");
-    for (size_t i = 0; i < l2.size(); ++i) {
-      fprintf(f, "%s\"%s\": {\"bytes\": %llu, \"hits\": %llu, \"misses\": %llu}", i ? ", " : "", kTargets[i].name,
-              static_cast<unsigned long long>(kTargets[i].l2_bytes), static_cast<unsigned long long>(l2[i].hits_),
-              static_cast<unsigned long long>(l2[i].misses_));
-    }
-    fprintf(f, "}}\n");
+    fprintf(f, ", \"reuse\": ");
+    l2.write_json(f);
+    fprintf(f, "}\n");
     fclose(f);
   }
 };
