@@ -104,6 +104,14 @@ def test_backward_matches_float64_reference(simt, dtype, case):
     _check_backward(simt, inputs, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim", [16, 24, 40, 64])
+def test_16_bit_backward_with_paired_and_unpaired_lanes(simt, dtype, head_dim):
+    """16-bit gradients pair lanes for their atomics when the 8-channel chunks pair up (16: 2 chunks, 64: 8) and
+    not otherwise (24: 3, 40: 5, where the last lanes of a group have no chunk)."""
+    _check_backward(simt, msda_inputs(dtype=dtype, head_dim=head_dim, heads=3, border_fraction=0.0), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_unaligned_pointers_take_the_scalar_path_with_the_same_result(simt, dtype):
     inputs = msda_inputs(dtype=dtype, head_dim=16, heads=4, border_fraction=0.0)

@@ -95,6 +95,25 @@ def test_msda_backward_scatters_grad_value_with_16_byte_atomics(trace):
     assert atomics["bytes"] == 16 * atomics["lane_accesses"]
 
 
+@pytest.mark.parametrize("head_dim", [32, 24])
+def test_16_bit_backward_pairs_lanes_into_whole_sector_atomics(trace, head_dim):
+    """bfloat16 accumulates 8 float32 channels (one sector) per lane in two 16-byte atomics. With an even chunk
+    count, lane pairs swap halves so that every atomic instruction covers whole sectors (2 lanes per sector); with
+    an odd one (head_dim 24: 3 chunks) they cannot pair, and each instruction covers half of every lane's sector.
+    One query of 8 heads: a warp's groups are the 8 heads, so no two lanes share a sector unless paired."""
+    torch.manual_seed(2)
+    inputs = msda_inputs(dtype=torch.bfloat16, head_dim=head_dim, queries=1, heads=8, batch=1, border_fraction=0.0)
+    counters = {}
+    grad_out = torch.randn(1, 1, 8 * head_dim).to(torch.bfloat16)
+    emu.ms_deform_attn_backward(trace, grad_out, *inputs, counters=counters)
+    atomics = counters["by_buffer"]["grad_value atomic"]
+    loads = counters["by_buffer"]["value load"]
+    assert atomics["lane_accesses"] == 2 * loads["lane_accesses"]  # two 16-byte atomics per 16-byte bf16 packet
+    assert atomics["bytes"] == 16 * atomics["lane_accesses"]
+    sectors_per_lane_access = atomics["sectors"] / atomics["lane_accesses"]
+    assert sectors_per_lane_access == (0.5 if head_dim == 32 else 1.0)
+
+
 def _gpu_model():
     import importlib.util
     from pathlib import Path

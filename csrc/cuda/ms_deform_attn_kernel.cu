@@ -66,6 +66,28 @@ __device__ __forceinline__ void atomic_accumulate(A* p, const A (&x)[kCount]) {
   }
 }
 
+// 16-bit inputs accumulate 8 float32 channels per lane: 32 bytes, one sector, added by two 16-byte atomics. Issued
+// as they are, each atomic instruction touches half of every lane's sector: 32 sectors per request. Lanes 2j and
+// 2j+1 (neighbouring chunks, both adding or both not) swap halves instead, so that each instruction fills whole
+// sectors: the first adds lane 2j's sector, the second lane 2j+1's, 16 sectors per request. Addresses and data are
+// selected, not branched on, so both lanes of a pair issue the same two instructions. Every lane of the warp must
+// call it (a full-mask shuffle); `adds` says whether this lane's pair has anything to add.
+__device__ __forceinline__ void atomic_accumulate_paired(float* p, const float (&x)[8], bool adds, int lane) {
+  const bool even = (lane & 1) == 0;
+  float got[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) got[i] = __shfl_xor_sync(0xffffffffu, even ? x[4 + i] : x[i], 1);
+  if (!adds) return;
+  float first[4], second[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    first[i] = even ? x[i] : got[i];
+    second[i] = even ? got[i] : x[4 + i];
+  }
+  atomic_accumulate(even ? p : p - 4, first);       // lane 2j's sector: its low half, then its high half from 2j+1
+  atomic_accumulate(even ? p + 8 : p + 4, second);  // lane 2j+1's sector: its low half from 2j, then its high half
+}
+
 template <typename T, int kVec, int kGroup>
 __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs a) {
   using A = typename Acc<T>::type;
@@ -162,6 +184,9 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
   const int64_t row_stride = a.num_heads * a.head_dim;
   const int64_t points_per_head = a.num_levels * a.num_points;
   const int64_t chunks = a.head_dim / kVec;
+  // Pairs (atomic_accumulate_paired) need both lanes in one group and on the same chunk trips: an even chunk count.
+  constexpr bool kPairable = std::is_same_v<A, float> && kVec == 8 && kGroup >= 2;
+  [[maybe_unused]] const bool paired = kPairable && chunks % 2 == 0;
 
   // Every lane of a warp runs the same number of iterations (the loop bound is warp-uniform), so the
   // full-mask shuffles below are safe; lanes without an item work on zeros and write nothing.
@@ -203,20 +228,40 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           A partial = A(0);
-          if (touches && taps.valid[k]) {
-            const A w = w_attn * taps.weight[k];
+          const bool corner = touches && taps.valid[k];
+          const A w = corner ? w_attn * taps.weight[k] : A(0);
+          // This lane's chunk c of the corner: its dot with grad_output goes to partial; returns where its
+          // grad_value contribution goes.
+          const auto take = [&](int c, A(&contribution)[kVec]) {
+            const int64_t offset = taps.row[k] * row_stride + (lane + static_cast<int64_t>(c) * kGroup) * kVec;
+            const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + offset);
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) {
+              partial += to_acc(v.v[i]) * g[c][i];
+              contribution[i] = w * g[c][i];
+            }
+            return offset;
+          };
+          if constexpr (kPairable) {
+            if (paired) {  // every lane of the warp runs the same trips: the pairs shuffle
+#pragma unroll
+              for (int c = 0; c < kMaxChunksPerLane; ++c) {
+                if (static_cast<int64_t>(c) * kGroup >= chunks) break;
+                const bool adds = corner && lane + static_cast<int64_t>(c) * kGroup < chunks;
+                A contribution[kVec] = {};
+                const int64_t offset = adds ? take(c, contribution) : 0;
+                atomic_accumulate_paired(grad_value_bh + offset, contribution, adds, lane);
+              }
+              corner_dot[k] = group_sum<kGroup>(partial);
+              continue;
+            }
+          }
+          if (corner) {
 #pragma unroll
             for (int c = 0; c < kMaxChunksPerLane; ++c) {
-              const int64_t chunk = lane + static_cast<int64_t>(c) * kGroup;
-              if (chunk >= chunks) break;
-              const int64_t offset = taps.row[k] * row_stride + chunk * kVec;
-              const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + offset);
+              if (lane + static_cast<int64_t>(c) * kGroup >= chunks) break;
               A contribution[kVec];
-#pragma unroll
-              for (int i = 0; i < kVec; ++i) {
-                partial += to_acc(v.v[i]) * g[c][i];
-                contribution[i] = w * g[c][i];
-              }
+              const int64_t offset = take(c, contribution);
               atomic_accumulate(grad_value_bh + offset, contribution);
             }
           }
