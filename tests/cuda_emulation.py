@@ -155,9 +155,12 @@ def _peer_files(peer):
     return sorted(p for p in Path(peer).rglob("*") if p.is_file() and p.suffix in PEER_SOURCES)
 
 
-def build_trace(cache_dir=None, peer=None):
+def build_trace(cache_dir=None, peer=None, arch=900):
     """Directory holding simt_trace (the launchers of csrc/cuda, counting their memory traffic into the JSON file
     named by SIMT_TRACE_OUT) and simt_trace_selftest (kernels with hand-computed counts).
+
+    arch: the __CUDA_ARCH__ the kernels are built for (900: Hopper's 16-byte vector atomics; 800 and below: the
+    scalar ones), so that the traffic counted is that target's.
 
     peer: a folder with another implementation's kernels and an adapter that defines
     mmgdino_peer_ms_deform_attn_forward/backward (tests/cuda_emulator/driver.cpp) with our launchers' contract; its
@@ -166,7 +169,7 @@ def build_trace(cache_dir=None, peer=None):
     part of this repository (.peers/ is ignored): the folder is the caller's."""
     peer_files = _peer_files(peer) if peer else []
     peer_digest = [*PEER_KERNEL_FLAGS, *(p.name.encode() + p.read_bytes() for p in peer_files)] if peer else []
-    digest = _sources_digest("trace", *TRACE_KERNEL_FLAGS, *peer_digest)
+    digest = _sources_digest("trace", arch, *TRACE_KERNEL_FLAGS, *peer_digest)
     out = Path(cache_dir or tempfile.gettempdir()) / f"mmgdino-simt-trace-{digest}"
     if (out / "simt_trace").exists() and (out / "simt_trace_selftest").exists():
         return out
@@ -176,7 +179,7 @@ def build_trace(cache_dir=None, peer=None):
     for cu in KERNELS:
         source = rewrite_launches(cu.read_text())
         units[cu.stem] = work / (cu.stem + ".cpp")
-        units[cu.stem].write_text(f'#define __CUDA_ARCH__ 900\n#line 1 "{cu}"\n' + source)
+        units[cu.stem].write_text(f'#define __CUDA_ARCH__ {arch}\n#line 1 "{cu}"\n' + source)
     units["trace_selftest"] = EMULATOR / "trace_selftest.cpp"
     peer_units = {}
     for path in peer_files:
@@ -186,7 +189,7 @@ def build_trace(cache_dir=None, peer=None):
         if path.suffix in (".cu", ".cpp"):
             name = "peer_" + "_".join(path.relative_to(peer).with_suffix("").parts)
             peer_units[name] = copy.with_name(copy.name + ".cpp")
-            peer_units[name].write_text(f'#define __CUDA_ARCH__ 900\n#include "{copy.name}"\n')
+            peer_units[name].write_text(f'#define __CUDA_ARCH__ {arch}\n#include "{copy.name}"\n')
     peer_dirs = [work / "peer", work / "peer" / "include"] if peer else []
     flags = [CXX_STANDARD, "-O2", "-g", "-DSIMT_TRACE", "-Wall", "-Wno-unknown-pragmas",
              *(f"-I{d}" for d in [*INCLUDE_DIRS, *peer_dirs])]  # fmt: skip

@@ -95,6 +95,22 @@ def test_msda_backward_scatters_grad_value_with_16_byte_atomics(trace):
     assert atomics["bytes"] == 16 * atomics["lane_accesses"]
 
 
+def test_an_sm_80_build_scatters_grad_value_with_scalar_atomics():
+    """build_trace(arch=800): the A100's build, without Hopper's vector atomics: four 4-byte atomics per lane and
+    corner where sm_90 issues one 16-byte atomic, over the same sectors."""
+    torch.manual_seed(1)
+    inputs = msda_inputs(dtype=torch.float32, head_dim=32, queries=24, heads=2, border_fraction=0.0)
+    grad_out = torch.randn(inputs[3].shape[0], inputs[3].shape[1], 2 * 32)
+    by_arch = {}
+    for arch in (900, 800):
+        counters = {}
+        emu.ms_deform_attn_backward(emu.build_trace(arch=arch), grad_out, *inputs, counters=counters)
+        by_arch[arch] = counters["by_buffer"]["grad_value atomic"]
+    assert by_arch[800]["lane_accesses"] == 4 * by_arch[900]["lane_accesses"]
+    assert by_arch[800]["requests"] == 4 * by_arch[900]["requests"]
+    assert by_arch[800]["bytes"] == by_arch[900]["bytes"] == 16 * by_arch[900]["lane_accesses"]
+
+
 @pytest.mark.parametrize("head_dim", [32, 24])
 def test_16_bit_backward_pairs_lanes_into_whole_sector_atomics(trace, head_dim):
     """bfloat16 accumulates 8 float32 channels (one sector) per lane in two 16-byte atomics. With an even chunk
