@@ -20,12 +20,13 @@ run by --triton-python). Peers live in the ignored .peers/ and are never committ
 published cases (CALIBRATION) on their GPUs: ours in float32 and each published peer in its published dtype.
 
 The counts are exact for the emulated kernels (what Nsight Compute's l1tex/lts sector and request metrics
-would report, up to the approximations listed in trace.cpp). The times are MODELED, NOT MEASURED, and the model
-does not meet its calibration rule (a published pair's ratio within 30%): on the one published case found, the
-original op's modeled time is within 24% of its published one, but the other implementation's published figure
-measures its Python wrapper, not its kernel (CALIBRATION's note). So its times may not be used to claim speed.
-The model is a memory roofline and only that: instruction issue, latency and occupancy are not modeled, so for a
-kernel that is not bound by memory it is a lower bound.
+would report, up to the approximations listed in trace.cpp). The times are MODELED, NOT MEASURED. Calibration
+(CALIBRATION, benchmarks/results/gpu-model-calibration.md): on msda-triton's published pair, the one whose two
+times are both kernel times, the modeled ratio is within the 30% rule (29%) but ranks the two the wrong way round,
+and absolute times are 0.36-0.46 of the published ones; on DCNv4's, whose second figure times its Python
+wrapper, it is not within. The model is a memory roofline and only that: instruction issue, latency and
+occupancy are not modeled, so for a kernel that is not bound by memory it is a lower bound, and it cannot rank
+kernels that differ by less than about 30%.
 """
 
 import argparse
