@@ -56,6 +56,19 @@ TARGETS = {
         atomic_sectors_per_clock=2 * 48,  # assumed: one 32-byte atomic per L2 slice (2 x 48 slices) per clock
         launch_us=3.0,
     ),
+    # The GPU this project's device tool lends: H100's die and caches with HBM3e.
+    "h200": dict(
+        name="H200 SXM",
+        arch=900,
+        sms=132,
+        clock_ghz=1.98,
+        dram_tbs=4.8,  # HBM3e, datasheet
+        l2_mb=50,
+        l2_tbs=5.5,  # as H100 (same die)
+        l1_bytes_per_clock=128,
+        atomic_sectors_per_clock=2 * 48,  # as H100
+        launch_us=3.0,
+    ),
     "a100": dict(
         name="A100 SXM4 40GB",
         arch=800,
@@ -146,11 +159,15 @@ LINE = 128
 def l2_misses(counters, target):
     """Misses of an LRU cache of the target's L2 size over the traced sector stream: first touches plus the touches
     whose reuse distance reaches the capacity (exact: every L2 size here is a multiple of the histogram's bucket).
-    Reports recorded before the histogram carry their misses per target."""
+    Reports recorded before the histogram carry the misses of each L2 size they simulated."""
+    size = int(TARGETS[target]["l2_mb"] * 2**20)
     if "reuse" not in counters:
-        return counters["l2"][target]["misses"]
+        simulated = {v["bytes"]: v["misses"] for v in counters["l2"].values()}
+        if size not in simulated:
+            raise ValueError(f"{target}: this trace predates reuse distances and simulated no {size}-byte L2")
+        return simulated[size]
     reuse = counters["reuse"]
-    capacity, rest = divmod(int(TARGETS[target]["l2_mb"] * 2**20) // SECTOR, reuse["bucket_sectors"])
+    capacity, rest = divmod(size // SECTOR, reuse["bucket_sectors"])
     assert rest == 0, f"{target}: L2 size not a multiple of the reuse histogram's bucket"
     return reuse["cold"] + reuse["beyond"] + sum(reuse["counts"][capacity:])
 
@@ -396,6 +413,47 @@ def calibration_markdown(report):
     return lines
 
 
+# Device names (torch.cuda.get_device_name, lower case) -> target, for --compare.
+DEVICE_TARGETS = {"h200": "h200", "h100": "h100", "a100": "a100", "rtx 3090": "rtx3090", "rtx 2060": "rtx2060"}
+# mmgdino bench's backend -> the traced implementation
+BENCH_IMPLS = {"cuda": "mmgdino", "triton": "triton"}
+
+
+def compare(model_report, bench):
+    """Rows of measured (an `mmgdino bench --device cuda` report) beside modeled (a gpu_model report) for the bench's
+    GPU: every MSDA case, pass, dtype and backend both have. The bench times the operator as a user calls it (the
+    backward through autograd, with its buffer zeroing and casts), the model one kernel launch."""
+    name = bench["device"].lower()
+    target = next((t for key, t in DEVICE_TARGETS.items() if key in name), None)
+    if target is None:
+        raise ValueError(f"no model target for the device {bench['device']!r} (known: {', '.join(DEVICE_TARGETS)})")
+    traced = {(r["impl"], r["pass"], r["case"], r["dtype"]): r for r in model_report["rows"] if "error" not in r}
+    out = []
+    for m in bench["results"]:
+        row = traced.get((BENCH_IMPLS.get(m["backend"]), m["pass"], m["case"], m["dtype"]))
+        if m["op"] != "ms_deform_attn" or m.get("batch", 1) != 1 or row is None:
+            continue
+        modeled_ms = modeled(row, [target])[target]["modeled_us"] / 1e3
+        ratio = m["median_ms"] / modeled_ms
+        out.append({"backend": m["backend"], "pass": m["pass"], "case": m["case"], "dtype": m["dtype"],
+                    "measured_ms": m["median_ms"], "modeled_ms": modeled_ms, "measured_over_modeled": ratio,
+                    "within_30_percent": abs(ratio - 1) <= 0.3})  # fmt: skip
+    return target, out
+
+
+def compare_markdown(target, rows, bench):
+    lines = [f"# Modeled vs measured on {bench['device']} (target {TARGETS[target]['name']})", "",
+             f"Measured: `mmgdino bench` at commit {bench.get('commit')}; modeled: benchmarks/gpu_model.py. A model "
+             "that misses by more than 30% gets fixed or says so.", "",
+             "| backend | pass | case | dtype | measured ms | modeled ms | measured / modeled |",
+             "|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        flag = "" if r["within_30_percent"] else " (off by more than 30%)"
+        lines.append(f"| {r['backend']} | {r['pass']} | {r['case']} | {r['dtype']} | {r['measured_ms']:.4f} | "
+                     f"{r['modeled_ms']:.4f} | {r['measured_over_modeled']:.2f}{flag} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def plan(args, peers):
     """(kernel, pass, case, dtype) to trace: ours and each peer on the seed's cases, or with --calibrate each chosen
     published case's implementations (among the peers given) in their published dtype, and ours in float32."""
@@ -431,8 +489,31 @@ def main():
     parser.add_argument("--triton-only", action="store_true", help="only our Triton kernels")
     parser.add_argument("--render", nargs="+", metavar="JSON",
                         help="rewrite <out>.json/.md (and the calibration) from reports, rows merged")  # fmt: skip
+    parser.add_argument(
+        "--compare",
+        metavar="BENCH_JSON",
+        help="measured (an mmgdino bench --device cuda report) beside the model of --model-report",
+    )
+    parser.add_argument("--model-report", default=str(ROOT / "benchmarks" / "results" / "gpu-model-msda.json"),
+                        metavar="JSON", help="the traced report --compare models from")  # fmt: skip
     args = parser.parse_args()
     import cuda_emulation as emu
+
+    if args.compare:
+        for path in (args.compare, args.model_report):
+            if not Path(path).is_file():
+                parser.error(f"{path}: no such report")
+        bench = json.loads(Path(args.compare).read_text())
+        try:
+            target, rows = compare(json.loads(Path(args.model_report).read_text()), bench)
+        except ValueError as exc:
+            parser.error(str(exc))
+        out = Path(args.out)
+        out.with_suffix(".json").write_text(json.dumps({"target": target, "device": bench["device"], "rows": rows},
+                                                       indent=1) + "\n")  # fmt: skip
+        out.with_suffix(".md").write_text(compare_markdown(target, rows, bench))
+        print(compare_markdown(target, rows, bench))
+        return
 
     from mmgdino.environment import git_commit
 

@@ -82,5 +82,10 @@ if wants bench; then
     --out "benchmarks/results/ops-$name" "${peer_args[@]}" ${MMGDINO_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1 || status=1
   cat "$OUT/bench.log" | grep -v "^ms_deform_attn \|^contrastive " | tail -n 70
   cp "benchmarks/results/ops-$name".* "$OUT/" 2>/dev/null || true
+  step "the memory model against what was measured (issue 14: a miss over 30% gets fixed or said)"
+  python benchmarks/gpu_model.py --compare "benchmarks/results/ops-$name.json" \
+    --out "benchmarks/results/gpu-model-vs-measured-$name" > "$OUT/model-vs-measured.log" 2>&1 || status=1
+  tail -n 30 "$OUT/model-vs-measured.log"
+  cp "benchmarks/results/gpu-model-vs-measured-$name".* "$OUT/" 2>/dev/null || true
 fi
 exit $status

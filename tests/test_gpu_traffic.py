@@ -317,3 +317,43 @@ def test_gpu_model_refuses_bad_arguments_in_one_line(argv, message):
     proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+
+
+def _bench_report(device, rows):
+    return {"device": device, "commit": "abc1234", "results": [
+        {"op": "ms_deform_attn", "case": case, "batch": 1, "dtype": "float32", "backend": backend, "pass": direction,
+         "median_ms": ms} for backend, direction, case, ms in rows]}  # fmt: skip
+
+
+def test_compare_puts_the_measured_beside_the_modeled():
+    """gpu_model --compare: each measured MSDA row of a GPU bench beside the model of the same kernel, pass, case and
+    dtype on that GPU's target (the device tool's H200 here), flagged when it misses by more than 30%."""
+    import json
+    from pathlib import Path
+
+    gpu_model = _gpu_model()
+    report = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/gpu-model-msda.json").read_text())
+    row = next(r for r in report["rows"] if (r["impl"], r["pass"], r["case"], r["dtype"]) ==
+               ("mmgdino", "forward", "encoder", "float32"))  # fmt: skip
+    modeled_ms = gpu_model.modeled(row, ["h200"])["h200"]["modeled_us"] / 1e3
+    bench = _bench_report("NVIDIA H200", [("cuda", "forward", "encoder", 2 * modeled_ms),
+                                          ("torch", "forward", "encoder", 9.0)])  # fmt: skip
+    target, rows = gpu_model.compare(report, bench)
+    assert target == "h200" and len(rows) == 1  # the torch backend is not a traced kernel
+    assert abs(rows[0]["modeled_ms"] - modeled_ms) < 1e-12 and abs(rows[0]["measured_over_modeled"] - 2) < 1e-9
+    assert not rows[0]["within_30_percent"]
+    assert "off by more than 30%" in gpu_model.compare_markdown(target, rows, bench)
+
+
+def test_compare_refuses_a_gpu_it_has_no_target_for(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(_bench_report("NVIDIA GeForce GTX 1080", [])))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model.py"
+    proc = subprocess.run([sys.executable, str(script), "--compare", str(bench), "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "no model target for the device" in proc.stderr.strip().splitlines()[-1]
