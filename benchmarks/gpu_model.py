@@ -159,13 +159,15 @@ LINE = 128
 def l2_misses(counters, target):
     """Misses of an LRU cache of the target's L2 size over the traced sector stream: first touches plus the touches
     whose reuse distance reaches the capacity (exact: every L2 size here is a multiple of the histogram's bucket).
-    Reports recorded before the histogram carry the misses of each L2 size they simulated."""
+    Reports recorded before the histogram carry the misses of each L2 size they simulated (the first Triton
+    counter: its compulsory misses, the same for every size)."""
     size = int(TARGETS[target]["l2_mb"] * 2**20)
     if "reuse" not in counters:
-        simulated = {v["bytes"]: v["misses"] for v in counters["l2"].values()}
-        if size not in simulated:
-            raise ValueError(f"{target}: this trace predates reuse distances and simulated no {size}-byte L2")
-        return simulated[size]
+        old = counters["l2"]
+        simulated = {v.get("bytes", size): v["misses"] for v in old.values()}
+        if target in old or size in simulated:
+            return old[target]["misses"] if target in old else simulated[size]
+        raise ValueError(f"{target}: this trace predates reuse distances and simulated no {size}-byte L2")
     reuse = counters["reuse"]
     capacity, rest = divmod(size // SECTOR, reuse["bucket_sectors"])
     assert rest == 0, f"{target}: L2 size not a multiple of the reuse histogram's bucket"
@@ -349,7 +351,10 @@ def markdown(report):
               and "counters_by_arch" not in r and len({TARGETS[t]["arch"] for t in r["model"]}) > 1]  # fmt: skip
     lines += ["", "Each target is modeled on the CUDA build of its own architecture (__CUDA_ARCH__ 900 for H100, 800 "
               "for A100, where float atomics are scalar: four requests where sm_90 issues one 16-byte atomic)"
-              + (f"; traced at sm_90 only, for every target: {', '.join(single)}." if single else ".")]  # fmt: skip
+              + (f"; traced at sm_90 only, for every target: {', '.join(single)}." if single else ".")
+              + (" Triton rows are counted once for every target, atomics included (as 16-byte vectors where "
+                 "contiguous, an approximation: optimistic for A100)." if any(r["impl"] == "triton" for r in rows)
+                 else "")]  # fmt: skip
     lines += [f"\n{row['impl']} {row['pass']} {row['case']} {row['dtype']}: {row['error']}" for row in report["rows"]
               if "error" in row]  # fmt: skip
     if any(row["case"] in CALIBRATION for row in report["rows"]):
