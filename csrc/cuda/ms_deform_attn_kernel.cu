@@ -88,6 +88,55 @@ __device__ __forceinline__ void atomic_accumulate_paired(float* p, const float (
   atomic_accumulate(even ? p + 8 : p + 4, second);  // lane 2j+1's sector: its low half from 2j, then its high half
 }
 
+// Where one (query, head) row fills whole 128-byte lines (16-byte packets, 8 or more lanes: float32 heads of 32
+// channels and up), the kernels walk (head, batch * query) head-major: a block then holds consecutive queries of one
+// head, whose samples fall on neighbouring pixels, so its gathers reuse each other's sectors in L1 (modeled, float32
+// encoder: L1 hits 45% -> 68% forward; benchmarks/results/gpu-model-msda.md). Shorter rows keep item order, where
+// a warp's groups read one pixel's adjacent heads: head-major would spread a warp's half-lines over twice the lines
+// (modeled bfloat16: L1 wavefronts up, 7% slower on H100). The walk advances without dividing in the loop: a 64-bit
+// division there made the backward spill on sm_90 and the scalar instantiations spill in both.
+template <int kVec, int kGroup>
+constexpr bool kHeadMajor = kVec > 1 && kGroup >= 8;
+
+// The grid-stride walk over steps = (query, head) items, in the order above. item = (b * num_queries + q) *
+// num_heads + h is the layout of the point tables and of the output.
+template <bool kHeadMajorWalk>
+struct Walk {
+  int64_t step, item, h, b;
+  __device__ Walk(int64_t first, const MsdaForwardArgs& a) : step(first), h(0), row_(first) {
+    if constexpr (kHeadMajorWalk) {
+      rows_ = a.batch * a.num_queries;
+      h = rows_ > 0 ? first / rows_ : 0;
+      row_ = first - h * rows_;
+    }
+    locate(a);
+  }
+  __device__ void advance(int64_t by, const MsdaForwardArgs& a) {
+    step += by;
+    row_ += by;
+    if constexpr (kHeadMajorWalk) {
+      while (row_ >= rows_ && rows_ > 0) {  // by is at most a few times rows: a few trips at most
+        row_ -= rows_;
+        ++h;
+      }
+    }
+    locate(a);
+  }
+
+ private:
+  __device__ void locate(const MsdaForwardArgs& a) {
+    if constexpr (kHeadMajorWalk) {
+      item = row_ * a.num_heads + h;
+      b = row_ / a.num_queries;
+    } else {
+      item = step;
+      h = item % a.num_heads;
+      b = item / (a.num_queries * a.num_heads);
+    }
+  }
+  int64_t row_, rows_ = 0;
+};
+
 template <typename T, int kVec, int kGroup>
 __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs a) {
   using A = typename Acc<T>::type;
@@ -102,29 +151,10 @@ __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs 
   const int64_t points_per_head = a.num_levels * a.num_points;
   const int64_t chunks = a.head_dim / kVec;
 
-  // Where one (query, head) row fills whole 128-byte lines (16-byte packets, 8 or more lanes: float32 heads of 32
-  // channels and up), the loop walks (head, batch * query) head-major: a block then holds consecutive queries of one
-  // head, whose samples fall on neighbouring pixels, so its gathers reuse each other's sectors in L1 (modeled, float32
-  // encoder: L1 hits 45% -> 68%, H100 168 -> 98 us; benchmarks/results/gpu-model-msda.md). Shorter rows keep item
-  // order, where a warp's groups read one pixel's adjacent heads: head-major would spread a warp's half-lines over
-  // twice the lines (modeled bfloat16: L1 wavefronts up, 7% slower on H100), and the scalar instantiations' extra
-  // division made them spill.
-  constexpr bool kHeadMajor = kVec > 1 && kGroup >= 8;
-  const int64_t rows = a.batch * a.num_queries;
-  for (int64_t step = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; step < total;
-       step += groups_per_grid) {
-    // item = (b * num_queries + q) * num_heads + h, the layout of the point tables and of the output.
-    int64_t item, h, b;
-    if constexpr (kHeadMajor) {
-      h = step / rows;
-      const int64_t row = step - h * rows;
-      item = row * a.num_heads + h;
-      b = row / a.num_queries;
-    } else {
-      item = step;
-      h = item % a.num_heads;
-      b = item / (a.num_queries * a.num_heads);
-    }
+  for (Walk<kHeadMajor<kVec, kGroup>> w(static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup,
+                                        a);
+       w.step < total; w.advance(groups_per_grid, a)) {
+    const int64_t item = w.item, h = w.h, b = w.b;
     const T* value_bh = value + (b * a.num_values * a.num_heads + h) * a.head_dim;
     const T* item_loc = loc + 2 * item * points_per_head;
     const T* item_attn = attn + item * points_per_head;
@@ -187,21 +217,21 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
   // Pairs (atomic_accumulate_paired) need both lanes in one group and on the same chunk trips: an even chunk count.
   constexpr bool kPairable = std::is_same_v<A, float> && kVec == 8 && kGroup >= 2;
   [[maybe_unused]] const bool paired = kPairable && chunks % 2 == 0;
+  // 16-bit rows of 64 channels and more keep item order here: on top of the pairs' registers, head-major spills.
+  constexpr bool kWalkHeadMajor = kHeadMajor<kVec, kGroup> && !kPairable;
 
   // Every lane of a warp runs the same number of iterations (the loop bound is warp-uniform), so the
   // full-mask shuffles below are safe; lanes without an item work on zeros and write nothing.
   const int64_t warp_items = (total + (kThreads / kGroup) - 1) / (kThreads / kGroup) * (kThreads / kGroup);
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup; item < warp_items;
-       item += groups_per_grid) {
-    const bool active = item < total;
-    const int64_t safe_item = active ? item : 0;
-    const int64_t h = safe_item % a.num_heads;
-    const int64_t b = safe_item / (a.num_queries * a.num_heads);
+  for (Walk<kWalkHeadMajor> w(static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup, a);
+       w.step < warp_items; w.advance(groups_per_grid, a)) {
+    const bool active = w.step < total;
+    const int64_t item = active ? w.item : 0, h = active ? w.h : 0, b = active ? w.b : 0;
     const int64_t slice = (b * a.num_values * a.num_heads + h) * a.head_dim;
     const T* value_bh = value + slice;
     A* grad_value_bh = grad_value + slice;
-    const T* item_loc = loc + 2 * safe_item * points_per_head;
-    const T* item_attn = attn + safe_item * points_per_head;
+    const T* item_loc = loc + 2 * item * points_per_head;
+    const T* item_attn = attn + item * points_per_head;
 
     A g[kMaxChunksPerLane][kVec];
 #pragma unroll
@@ -209,7 +239,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
       const int64_t chunk = lane + static_cast<int64_t>(c) * kGroup;
       const bool have = active && chunk < chunks;
       Packet<T, kVec> v;
-      if (have) v = load_packet<T, kVec>(grad_out + safe_item * a.head_dim + chunk * kVec);
+      if (have) v = load_packet<T, kVec>(grad_out + item * a.head_dim + chunk * kVec);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) g[c][i] = have ? to_acc(v.v[i]) : A(0);
     }
