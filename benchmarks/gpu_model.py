@@ -56,19 +56,6 @@ TARGETS = {
         atomic_sectors_per_clock=2 * 48,  # assumed: one 32-byte atomic per L2 slice (2 x 48 slices) per clock
         launch_us=3.0,
     ),
-    # The GPU this project's device tool lends: H100's die and caches with HBM3e.
-    "h200": dict(
-        name="H200 SXM",
-        arch=900,
-        sms=132,
-        clock_ghz=1.98,
-        dram_tbs=4.8,  # HBM3e, datasheet
-        l2_mb=50,
-        l2_tbs=5.5,  # as H100 (same die)
-        l1_bytes_per_clock=128,
-        atomic_sectors_per_clock=2 * 48,  # as H100
-        launch_us=3.0,
-    ),
     "a100": dict(
         name="A100 SXM4 40GB",
         arch=800,
@@ -107,6 +94,8 @@ TARGETS = {
         launch_us=3.0,
     ),
 }
+# The GPU this project's device tool lends: H100's die and caches with HBM3e.
+TARGETS["h200"] = dict(TARGETS["h100"], name="H200 SXM", dram_tbs=4.8)  # HBM3e, datasheet
 # The modeled tables cover the data-centre targets; the others serve the calibration only.
 REPORTED = ("h100", "a100")
 
@@ -247,13 +236,14 @@ def traced(case, dtype, backward, peer=None, arch=900):
     """Counters of one launch of our CUDA kernel, or with `peer` (a folder, see cuda_emulation.build_trace) of the
     peer's, run in the emulator's trace build for __CUDA_ARCH__ `arch`."""
     import cuda_emulation as emu
+    from triton_trace import grad_output_for
 
     value, shapes, starts, loc, attn = case_inputs(case, dtype)
     exe = emu.build_trace(peer=peer, arch=arch)
     counters = {}
     began = time.perf_counter()
     if backward:
-        grad = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]).to(dtype)
+        grad = grad_output_for(value, loc)
         emu.ms_deform_attn_backward(exe, grad, value, shapes, starts, loc, attn, counters=counters, peer=bool(peer))
     else:
         emu.ms_deform_attn(exe, value, shapes, starts, loc, attn, counters=counters, peer=bool(peer))
@@ -387,12 +377,13 @@ def calibration(rows):
     return out
 
 
-def verdict(results):
-    """'; calibration rule met on A, not met on B' for the cases whose ratio was checked, else ''."""
+def label(results):
+    """The report's one-line label, with the calibration rule's verdict on each case whose ratio was checked."""
     checked = [r for r in results if "ratio" in r]
     met = [r["case"] for r in checked if r["ratio"]["within_30_percent"]]
     missed = [r["case"] for r in checked if not r["ratio"]["within_30_percent"]]
-    return "".join([f"; calibration rule met on {', '.join(met)}" if met else "",
+    return "".join(["counts exact (emulated); times modeled, not measured",
+                    f"; calibration rule met on {', '.join(met)}" if met else "",
                     f"; calibration rule not met on {', '.join(missed)}" if missed else ""])  # fmt: skip
 
 
@@ -516,8 +507,9 @@ def main():
         out = Path(args.out)
         out.with_suffix(".json").write_text(json.dumps({"target": target, "device": bench["device"], "rows": rows},
                                                        indent=1) + "\n")  # fmt: skip
-        out.with_suffix(".md").write_text(compare_markdown(target, rows, bench))
-        print(compare_markdown(target, rows, bench))
+        text = compare_markdown(target, rows, bench)
+        out.with_suffix(".md").write_text(text)
+        print(text)
         return
 
     from mmgdino.environment import git_commit
@@ -533,7 +525,7 @@ def main():
             if "error" not in row:
                 row["model"] = modeled(row, list(row["model"]))
         report["calibration"] = calibration(report["rows"])
-        report["label"] = "counts exact (emulated); times modeled, not measured" + verdict(report["calibration"])
+        report["label"] = label(report["calibration"])
         write(report, Path(args.out))
         return
 
@@ -577,7 +569,7 @@ def main():
         rows.append(dict(row, model=modeled(row, targets)))
     results = calibration(rows)
     report = {"commit": git_commit(), "targets": TARGETS, "rows": rows, "calibration": results,
-              "label": "counts exact (emulated); times modeled, not measured" + verdict(results)}  # fmt: skip
+              "label": label(results)}  # fmt: skip
     write(report, Path(args.out))
 
 

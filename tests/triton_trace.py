@@ -206,6 +206,15 @@ def trace_msda(value, spatial_shapes, level_start_index, sampling_locations, att
 INPUT_NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
 
 
+def grad_output_for(value, sampling_locations):
+    """A random gradient of the output, [batch, queries, heads * head_dim] in value's dtype: what a traced backward
+    takes (here and in benchmarks/gpu_model.py's CUDA traces)."""
+    import torch
+
+    batch, _, heads, head_dim = value.shape
+    return torch.randn(batch, sampling_locations.shape[1], heads * head_dim).to(value.dtype)
+
+
 def main(argv):
     import time
 
@@ -218,9 +227,7 @@ def main(argv):
     args = parser.parse_args(argv)
     saved = torch.load(args.inputs)
     value, shapes, starts, loc, attn = (saved[name] for name in INPUT_NAMES)
-    grad = None
-    if args.direction == "backward":
-        grad = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3]).to(value.dtype)
+    grad = grad_output_for(value, loc) if args.direction == "backward" else None
     began = time.perf_counter()
     counters = trace_msda(value, shapes, starts, loc, attn, grad, peer=args.peer)
     counters["emulated_seconds"] = round(time.perf_counter() - began, 1)
