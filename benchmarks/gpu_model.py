@@ -32,6 +32,7 @@ kernels that differ by less than about 30%.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -529,6 +530,8 @@ def main():
         write(report, Path(args.out))
         return
 
+    if shutil.which(args.triton_python) is None:
+        parser.error(f"--triton-python {args.triton_python}: no such executable")
     peers = {}
     for item in args.peer:
         name, _, folder = item.partition("=")

@@ -305,6 +305,8 @@ def test_the_calibration_rule_compares_the_published_ratio():
         (["--peer", "original=/no/such/folder"], "is not a folder"),
         (["--calibrate", "no-such-case"], "invalid choice"),
         (["--render", "/no/such/report.json"], "no such report"),
+        (["--compare", "/no/such/bench.json"], "no such report"),
+        (["--triton-python", "/no/such/python"], "no such executable"),
     ],
 )
 def test_gpu_model_refuses_bad_arguments_in_one_line(argv, message):

@@ -119,3 +119,17 @@ def test_a_triton_peer_is_traced_like_ours(tmp_path):
         for kind in ("store", "atomic"):
             for key in ("requests", "lane_accesses", "bytes"):
                 assert theirs["global"][kind][key] == ours["global"][kind][key]
+
+
+def test_the_trace_script_refuses_missing_inputs_and_peers_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent / "triton_trace.py"
+    inputs = tmp_path / "inputs.pt"
+    torch.save({}, inputs)
+    for argv, message in ((["forward", str(tmp_path / "none.pt")], "no such file"),
+                          (["forward", str(inputs), "--peer", str(tmp_path)], "no adapter.py there")):  # fmt: skip
+        proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]

@@ -225,6 +225,10 @@ def main(argv):
     parser.add_argument("inputs", help="torch.save of the five input tensors by name")
     parser.add_argument("--peer", metavar="DIR", help="a Triton peer's folder (DIR/adapter.py)")
     args = parser.parse_args(argv)
+    if not Path(args.inputs).is_file():
+        parser.error(f"{args.inputs}: no such file")
+    if args.peer and not (Path(args.peer) / "adapter.py").is_file():
+        parser.error(f"--peer {args.peer}: no adapter.py there")
     saved = torch.load(args.inputs)
     value, shapes, starts, loc, attn = (saved[name] for name in INPUT_NAMES)
     grad = grad_output_for(value, loc) if args.direction == "backward" else None
