@@ -162,23 +162,23 @@ def _max_kernel(
 NUM_WARPS = 8
 
 
-def _config(vision, num_tokens):
+def launch_config(vision, num_tokens, accumulate):
+    """Block sizes and compile-time switches; `accumulate` is the Triton dtype the caller accumulates in."""
     import os
 
     import torch
 
     block_t = min(64, max(16, triton.next_power_of_2(max(num_tokens, 1))))
-    acc = tl.float64 if vision.dtype == torch.float64 else tl.float32
     precision = "ieee" if vision.dtype in (torch.float32, torch.float64) else None
     # Triton's interpreter (CPU CI) has no bfloat16 matmul; upcast there. GPUs take bfloat16 tiles natively.
     upcast = vision.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "") == "1"
-    return dict(BLOCK_N=64, BLOCK_T=block_t, BLOCK_K=16, ACC=acc, PRECISION=precision, UPCAST=upcast)
+    return dict(BLOCK_N=64, BLOCK_T=block_t, BLOCK_K=16, ACC=accumulate, PRECISION=precision, UPCAST=upcast)
 
 
-def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out):
+def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out, accumulate):
     batch, num_rows, dim = vision.shape
     num_tokens = text.shape[1]
-    cfg = _config(vision, num_tokens)
+    cfg = launch_config(vision, num_tokens, accumulate)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
     wrap(_fwd_kernel)[grid](
         vision,
@@ -197,9 +197,9 @@ def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out):
     )
 
 
-def contrastive_max_fwd(wrap, vision, text, mask, bias, scale, out):
+def contrastive_max_fwd(wrap, vision, text, mask, bias, scale, out, accumulate):
     batch, num_rows, dim = vision.shape
     num_tokens = text.shape[1]
-    cfg = _config(vision, num_tokens)
+    cfg = launch_config(vision, num_tokens, accumulate)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
     wrap(_max_kernel)[grid](vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, num_warps=NUM_WARPS, **cfg)

@@ -2,9 +2,9 @@
 
 One program per (block of BLOCK_Q queries, batch * head): a [BLOCK_Q, BLOCK_D] tile of channels, looping over levels
 and points (run-time loops: unrolling all 16 points x 4 corners made ptxas take minutes), with the bilinear corners
-and weights computed once per point for the whole channel tile. Accumulation in float32 (float64 for float64
-inputs). The backward recomputes the corners, reduces grad_attention / grad_location in registers and scatters
-grad_value with float32 atomics.
+and weights computed once per point for the whole channel tile, accumulated in the dtype the caller names (ACC).
+The backward recomputes the corners, reduces grad_attention / grad_location in registers and scatters grad_value
+with float32 atomics.
 """
 
 import triton
@@ -179,17 +179,29 @@ def launch_config(num_queries, head_dim, interpret):
     return block_q, block_d, max(2, min(8, block_q * block_d // 256))
 
 
-def ms_deform_attn_fwd(
-    wrap, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out, interpret=False
-):
+def _launch(value, sampling_locations, accumulate, interpret):
+    """(grid, the kernels' size arguments, their compile-time constants and warps) of one call."""
     batch, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = (
-        sampling_locations.shape[1],
-        sampling_locations.shape[3],
-        sampling_locations.shape[4],
-    )
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     block_q, block_d, warps = launch_config(num_queries, head_dim, interpret)
     grid = (triton.cdiv(num_queries, block_q), batch * num_heads)
+    constants = dict(NUM_LEVELS=num_levels, NUM_POINTS=num_points, BLOCK_Q=block_q, BLOCK_D=block_d, ACC=accumulate,
+                     num_warps=warps)  # fmt: skip
+    return grid, (num_queries, num_values, num_heads, head_dim), constants
+
+
+def ms_deform_attn_fwd(
+    wrap,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    out,
+    accumulate,
+    interpret=False,
+):
+    grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
     wrap(_fwd_kernel)[grid](
         value,
         spatial_shapes,
@@ -197,16 +209,8 @@ def ms_deform_attn_fwd(
         sampling_locations,
         attention_weights,
         out,
-        num_queries,
-        num_values,
-        num_heads,
-        head_dim,
-        NUM_LEVELS=num_levels,
-        NUM_POINTS=num_points,
-        BLOCK_Q=block_q,
-        BLOCK_D=block_d,
-        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32,
-        num_warps=warps,
+        *sizes,
+        **constants,
     )
 
 
@@ -221,16 +225,10 @@ def ms_deform_attn_bwd(
     grad_value_acc,
     grad_loc,
     grad_attn,
+    accumulate,
     interpret=False,
 ):
-    batch, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = (
-        sampling_locations.shape[1],
-        sampling_locations.shape[3],
-        sampling_locations.shape[4],
-    )
-    block_q, block_d, warps = launch_config(num_queries, head_dim, interpret)
-    grid = (triton.cdiv(num_queries, block_q), batch * num_heads)
+    grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
     wrap(_bwd_kernel)[grid](
         grad_out,
         value,
@@ -241,14 +239,6 @@ def ms_deform_attn_bwd(
         grad_value_acc,
         grad_loc,
         grad_attn,
-        num_queries,
-        num_values,
-        num_heads,
-        head_dim,
-        NUM_LEVELS=num_levels,
-        NUM_POINTS=num_points,
-        BLOCK_Q=block_q,
-        BLOCK_D=block_d,
-        ACC=tl.float64 if value.dtype.itemsize == 8 else tl.float32,
-        num_warps=warps,
+        *sizes,
+        **constants,
     )

@@ -25,6 +25,7 @@ import torch
 from .errors import UsageError
 from .images import IMAGE_SUFFIXES, load_image
 from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError
+from .modeling.features import PromptFeatures
 
 __all__ = ["DEFAULT_MODEL", "IMAGE_SUFFIXES", "Detector", "check_thresholds", "clean_labels", "load_image"]
 
@@ -217,19 +218,7 @@ class Detector:
         longest. A padded token is masked out (text_keep False) and attends only to itself."""
         if all(p == prompts[0] for p in prompts):
             return self._encoded_prompt(prompts[0])
-        encoded = [self._encoded_prompt(p) for p in prompts]
-        length = max(len(p) for p in prompts)
-        parts = []
-        for text, keep, pos, phrase, ids in encoded:
-            pad = length - text.shape[1]
-            phrase = torch.nn.functional.pad(phrase, (0, pad, 0, pad), value=False)
-            if pad:
-                tail = torch.arange(text.shape[1], length, device=phrase.device)
-                phrase[..., tail, tail] = True
-            parts.append((torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(keep, (0, pad)),
-                          torch.nn.functional.pad(pos, (0, 0, 0, pad)), phrase,
-                          torch.nn.functional.pad(ids, (0, pad))))  # fmt: skip
-        return tuple(torch.cat(field) for field in zip(*parts))
+        return PromptFeatures.stack([self._encoded_prompt(p) for p in prompts])
 
     # ------------------------------------------------------------------ detection
 
@@ -313,9 +302,7 @@ class Detector:
                 else:
                     features = image_features
                     if len(members) < len(pil_images):
-                        index = torch.tensor(members, device=self.device)
-                        vision, keep, pos, levels, ratios = image_features
-                        features = (vision[index], keep[index], pos[index], levels, ratios[index])
+                        features = image_features.select(members)
                     out = self.model(prompt_features=self._prompt_batch(prompts), image_features=features)
                     logits, pred_boxes = out.logits, out.pred_boxes
                 probs = logits.float().sigmoid()  # (B, Q, max_text_len), 0 outside the prompt's tokens

@@ -15,6 +15,7 @@ import torch
 from helpers import rel_err
 
 from mmgdino import MMGroundingDinoForObjectDetection as Ours
+from mmgdino.modeling.features import Context
 from mmgdino.modeling.layers import sine_embedding
 
 LAYER_TOL = 1e-2
@@ -44,7 +45,8 @@ def _stage_inputs(model, inputs):
     with torch.no_grad():
         prompt = model.encode_prompt(inputs["input_ids"], None, inputs["attention_mask"])
         image = model.encode_image(inputs["pixel_values"], inputs["pixel_mask"])
-        vision, text, ctx, _ = model._pair(image, prompt)
+        ctx = Context.of(image, prompt.expand(image.batch))
+        vision, text = image.vision, prompt.expand(image.batch).text
         layers = []
         for layer in model.model.encoder.layers:
             out = layer(vision, text, ctx)
@@ -62,11 +64,11 @@ def test_features_agree(models):
         got_prompt = half.encode_prompt(inputs["input_ids"], None, inputs["attention_mask"])
         want_image = full.encode_image(inputs["pixel_values"], inputs["pixel_mask"])
         got_image = half.encode_image(_bf16(inputs["pixel_values"]), inputs["pixel_mask"])
-    assert got_image[0].dtype == torch.bfloat16
-    assert rel_err(got_prompt[0], want_prompt[0]) <= DEEP_TOL  # text features
-    assert rel_err(got_image[0], want_image[0]) <= DEEP_TOL  # every level's projected backbone features
-    assert rel_err(got_image[2], want_image[2]) <= LAYER_TOL  # position + level embeddings
-    assert torch.equal(got_image[1], want_image[1])  # the pixel mask
+    assert got_image.vision.dtype == torch.bfloat16
+    assert rel_err(got_prompt.text, want_prompt.text) <= DEEP_TOL  # text features
+    assert rel_err(got_image.vision, want_image.vision) <= DEEP_TOL  # every level's projected backbone features
+    assert rel_err(got_image.position, want_image.position) <= LAYER_TOL  # position + level embeddings
+    assert torch.equal(got_image.keep, want_image.keep)  # the pixel mask
 
 
 def test_every_encoder_layer_agrees(models):

@@ -58,7 +58,7 @@ def instantiations():
             "grad_attn_ptr": p,
         }
         yield "msda_backward", dtype, msda._bwd_kernel, {**bwd, **msda_scalars}, constexprs, msda_warps
-        common = cl._config(torch.empty(0, dtype=getattr(torch, dtype)), NUM_TOKENS)
+        common = cl.launch_config(torch.empty(0, dtype=getattr(torch, dtype)), NUM_TOKENS, tl.float32)
         ptrs = {
             "vision_ptr": p,
             "text_ptr": p,

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import portable
 
 
 def sine_embedding(coords, num_feats, temperature=10000):
@@ -69,15 +68,11 @@ class ContrastiveHead(nn.Module):
         return 0.0 if self.bias is None else self.bias
 
     def forward(self, vision, text, text_keep):
-        if portable.active():
-            return portable.contrastive_logits(vision, text, text_keep, self._bias(), self.scale, self.max_text_len)
         return ops.contrastive_logits(
             vision, text, text_keep, bias=self._bias(), scale=self.scale, max_text_len=self.max_text_len
         )
 
     def best(self, vision, text, text_keep):
-        if portable.active():
-            return portable.contrastive_max(vision, text, text_keep, self._bias(), self.scale)
         return ops.contrastive_max(vision, text, text_keep, bias=self._bias(), scale=self.scale)
 
 
@@ -124,10 +119,8 @@ class MultiscaleDeformableAttention(nn.Module):
         else:
             centers, sizes = reference_points[:, :, None, :, None, :2], reference_points[:, :, None, :, None, 2:]
             locations = centers + offsets / p * sizes * 0.5
-        if portable.active():
-            out = portable.ms_deform_attn(value, levels.shapes, locations, weights)
-        else:
-            out = ops.ms_deform_attn(value, levels.spatial_shapes, levels.level_start_index, locations, weights)
+        out = ops.ms_deform_attn(value, levels.spatial_shapes, levels.level_start_index, locations, weights,
+                                 level_shapes=levels.shapes)  # fmt: skip
         return self.output_proj(out)
 
 

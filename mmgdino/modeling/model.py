@@ -8,93 +8,15 @@ layers, the box head over every pixel (only the top-k proposals need boxes), per
 recomputation, and the (B, pixels, 256) padded logits before the top-k (the reduced `contrastive_max` form).
 """
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import weights
+from .features import Context, ImageFeatures, LevelTable, PromptFeatures, phrase_attention, valid_ratios_of
 from .layers import ContrastiveHead, Decoder, Encoder, MLPHead, sine_embedding
 
 SPECIAL_TOKENS = (101, 102, 1012, 1029)  # [CLS], [SEP], ".", "?" in BERT's vocabulary: phrase boundaries
-
-
-@dataclasses.dataclass
-class LevelTable:
-    """Where each feature level lives in the flattened pixel sequence."""
-
-    shapes: list  # [(height, width)] as Python ints
-    spatial_shapes: torch.Tensor  # (L, 2) int64
-    level_start_index: torch.Tensor  # (L,) int64
-    offset_normalizer: torch.Tensor  # (1, 1, 1, L, 1, 2): (width, height), divides encoder sampling offsets
-
-    @classmethod
-    def build(cls, shapes, device, dtype):
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
-        sizes = spatial_shapes.prod(1)
-        starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-        normalizer = spatial_shapes.flip(-1).to(dtype).view(1, 1, 1, len(shapes), 1, 2)
-        return cls(list(shapes), spatial_shapes, starts, normalizer)
-
-
-@dataclasses.dataclass
-class Context:
-    """Everything the encoder and decoder layers share, computed once per forward."""
-
-    levels: LevelTable
-    vision_keep: torch.Tensor  # (B, S) bool, True on real (unpadded) pixels
-    vision_pos: torch.Tensor  # (B, S, C) sine position + level embedding
-    valid_ratios: torch.Tensor  # (B, L, 2) (width, height) fraction of each level that is not padding
-    encoder_reference_points: torch.Tensor  # (B, S, L, 2)
-    text_keep: torch.Tensor  # (B, T) bool, True on real tokens
-    text_pos: torch.Tensor  # (B, T, C) sine embedding of the position inside each phrase
-    phrase_keep: torch.Tensor  # (B, 1, T, T) bool, tokens attend within their own phrase
-
-
-def phrase_attention(input_ids, special_tokens):
-    """Tokens attend to the tokens of their own phrase (phrases end at a special token) and to themselves; the
-    position ids restart at every phrase. Returns (keep (B, T, T) bool, position_ids (B, T)).
-
-    Written with (T, T) comparisons instead of cumulative max/min and isin, which ONNX lacks; T <= 256."""
-    batch, length = input_ids.shape
-    idx = torch.arange(length, device=input_ids.device)
-    special = (input_ids[..., None] == special_tokens).any(-1)  # (B, T)
-    later = idx[None, :] >= idx[:, None]  # [i, j]: j at or after i
-    # The phrase of token i is named by the first special token at or after i (length: none).
-    ends = torch.where(special[:, None, :] & later[None], idx[None, None, :], length)
-    phrase_end = ends.amin(-1)
-    # The previous phrase ended at the last special token strictly before i (-1: none).
-    starts = torch.where(special[:, None, :] & ~later[None], idx[None, None, :], -1)
-    previous_end = starts.amax(-1)
-    in_phrase = (phrase_end != 0) & (phrase_end != length - 1) & (phrase_end != length)
-    keep = (phrase_end[:, :, None] == phrase_end[:, None, :]) & in_phrase[:, None, :]
-    keep |= torch.eye(length, dtype=torch.bool, device=input_ids.device)
-    position_ids = torch.where(in_phrase, idx - previous_end - 1, torch.zeros_like(previous_end)).clamp_min(0)
-    return keep, position_ids
-
-
-def valid_ratios_of(mask, dtype):
-    """(B, H, W) bool (True = real pixel) -> (B, 2): the unpadded fraction of width and of height."""
-    height, width = mask.shape[-2:]
-    valid_h = mask[:, :, 0].sum(1, dtype=dtype) / height
-    valid_w = mask[:, 0, :].sum(1, dtype=dtype) / width
-    return torch.stack([valid_w, valid_h], -1)
-
-
-def encoder_reference_points(shapes, valid_ratios):
-    """Pixel centers of every level, normalized by the unpadded extent, then scaled back per level."""
-    points = []
-    for level, (height, width) in enumerate(shapes):
-        ys, xs = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, dtype=valid_ratios.dtype, device=valid_ratios.device),
-            torch.linspace(0.5, width - 0.5, width, dtype=valid_ratios.dtype, device=valid_ratios.device),
-            indexing="ij",
-        )
-        ys = ys.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-        xs = xs.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-        points.append(torch.stack((xs, ys), -1))
-    return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
 
 class GroundingDinoCore(nn.Module):
@@ -315,8 +237,11 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             prompt_features = self.encode_prompt(input_ids, token_type_ids, attention_mask)
         if image_features is None:
             image_features = self.encode_image(pixel_values, pixel_mask)
-        vision, text, ctx, input_ids = self._pair(image_features, prompt_features)
-        memory, text_memory, vision_states, text_states = self.model.encoder(vision, text, ctx, output_hidden_states)
+        prompt = prompt_features.expand(image_features.batch)
+        ctx = Context.of(image_features, prompt)
+        memory, text_memory, vision_states, text_states = self.model.encoder(
+            image_features.vision, prompt.text, ctx, output_hidden_states
+        )
         queries, reference_points, proposal_outputs = self.propose(memory, text_memory, ctx, output_proposal_logits)
         logits, pred_boxes, normed, references, decoder_states = self.decode(
             queries, reference_points, memory, text_memory, ctx, output_hidden_states
@@ -335,13 +260,14 @@ class MMGroundingDinoForObjectDetection(nn.Module):
             encoder_vision_hidden_states=tuple(vision_states) if output_hidden_states else None,
             encoder_text_hidden_states=tuple(text_states) if output_hidden_states else None,
             encoder_pred_boxes=reference_points,
-            input_ids=input_ids,
+            input_ids=prompt.input_ids,
             **proposal_outputs,
         )
         output = self._output_class()(**fields)
         return output if return_dict else output.to_tuple()
 
     def encode_prompt(self, input_ids, token_type_ids=None, attention_mask=None):
+        """The text backbone over a batch of prompts: `PromptFeatures`."""
         core, max_len = self.model, self.config.max_text_len
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -355,10 +281,11 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         ).last_hidden_state
         text = core.text_projection(text)
         text_pos = sine_embedding(position_ids[..., None].to(text.dtype), self.config.d_model)
-        return text, text_keep, text_pos, phrase_keep[:, None], input_ids
+        return PromptFeatures(text, text_keep, text_pos, phrase_keep[:, None], input_ids)
 
     def encode_image(self, pixel_values, pixel_mask=None):
-        """Backbone features of every level, projected to d_model and flattened into one pixel sequence."""
+        """Backbone features of every level, projected to d_model and flattened into one pixel sequence:
+        `ImageFeatures`."""
         core, config = self.model, self.config
         batch, _, height, width = pixel_values.shape
         if pixel_mask is None:
@@ -380,27 +307,7 @@ class MMGroundingDinoForObjectDetection(nn.Module):
         )
         levels = LevelTable.build(shapes, vision.device, vision.dtype)
         valid_ratios = torch.stack([valid_ratios_of(m, vision.dtype) for m in masks], 1)
-        return vision, vision_keep, vision_pos, levels, valid_ratios
-
-    def _pair(self, image_features, prompt_features):
-        """The encoder's inputs and the per-forward context of one batch of images and its prompt(s)."""
-        text, text_keep, text_pos, phrase_keep, input_ids = prompt_features
-        vision, vision_keep, vision_pos, levels, valid_ratios = image_features
-        if text.shape[0] != vision.shape[0]:  # one prompt for a batch of images
-            text, text_keep, text_pos, phrase_keep, input_ids = (
-                x.expand(vision.shape[0], *x.shape[1:]) for x in prompt_features
-            )
-        ctx = Context(
-            levels,
-            vision_keep,
-            vision_pos,
-            valid_ratios,
-            encoder_reference_points(levels.shapes, valid_ratios),
-            text_keep,
-            text_pos,
-            phrase_keep,
-        )
-        return vision, text, ctx, input_ids
+        return ImageFeatures(vision, vision_keep, vision_pos, levels, valid_ratios)
 
     def _pixel_proposals(self, memory, ctx):
         """Every pixel's proposal box (inverse-sigmoid, float32 in any model dtype; inf where padded or too near

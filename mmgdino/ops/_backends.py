@@ -10,15 +10,19 @@ import os
 import torch
 
 from .. import _extension
-from . import _torch_impl
+from . import _torch_impl, portable
 
-BACKENDS = ("cuda", "triton", "cpu", "torch")
+BACKENDS = ("cuda", "triton", "cpu", "torch", "portable")
 OPS = ("ms_deform_attn", "contrastive_logits", "contrastive_max")
 DEVICE_TYPES = ("cuda", "cpu")
 
 # Preference when the caller names no backend. The Triton interpreter runs on the CPU but is a testing tool, far
 # slower than the C++ kernels, so on the CPU it is listed last, after the torch fallback, and used only when asked.
-_PREFERENCE = {"cuda": ("cuda", "triton", "torch", "cpu"), "cpu": ("cpu", "torch", "triton", "cuda")}
+# "portable" (standard ops an exporter translates) is never chosen by preference: only inside `portable()`.
+_PREFERENCE = {
+    "cuda": ("cuda", "triton", "torch", "cpu", "portable"),
+    "cpu": ("cpu", "torch", "triton", "cuda", "portable"),
+}
 _AUTOMATIC = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 
@@ -32,7 +36,7 @@ def _triton_status():
 
 def _why_not(backend, device_type):
     """None when `backend` runs `device_type` tensors here, else the reason it does not."""
-    if backend == "torch":
+    if backend in ("torch", "portable"):
         return None
     if backend in ("cpu", "cuda"):
         if not _extension.has_cpu_kernels:
@@ -74,12 +78,20 @@ AUTOMATIC = {key: _automatic(rows, key[1]) for key, rows in TABLE.items()}
 
 
 def _kernel(op_name, backend):
-    """The callable of one backend: the torch reference, the Triton op, or the op the compiled kernels serve."""
+    """The callable of one backend: the torch reference, the portable formulation, the Triton op, or the op the
+    compiled kernels serve. Every ms_deform_attn kernel takes the levels' Python shapes (`level_shapes`) after the
+    tensors; only the portable formulation reads them."""
+    if backend == "portable":
+        return getattr(portable, op_name)
     if backend == "torch":
-        return getattr(_torch_impl, op_name)
-    if backend == "triton":
-        return getattr(torch.ops.mmgdino, f"{op_name}_triton")
-    return getattr(torch.ops.mmgdino, op_name)
+        kernel = getattr(_torch_impl, op_name)
+    elif backend == "triton":
+        kernel = getattr(torch.ops.mmgdino, f"{op_name}_triton")
+    else:
+        kernel = getattr(torch.ops.mmgdino, op_name)
+    if op_name == "ms_deform_attn":
+        return lambda *tensors, level_shapes=None: kernel(*tensors)
+    return kernel
 
 
 def _device_type(device):
@@ -111,9 +123,12 @@ def unavailable_reasons():
 
 
 def kernel_for(op_name, backend, device):
-    """The kernel to call for `op_name` on `device`'s tensors: the named backend, or the best automatic one.
-    Raises ValueError naming the available backends when the named one cannot run here."""
+    """The kernel to call for `op_name` on `device`'s tensors: the named backend; else the portable one inside
+    `portable()`; else the best automatic one. Raises ValueError naming the available backends when the named one
+    cannot run here."""
     if backend is None:
+        if portable.active():
+            return _kernel(op_name, "portable")
         return _kernel(op_name, AUTOMATIC.get((op_name, device.type), "torch"))
     rows = _rows(op_name, device.type)
     available = ", ".join(b for b, why in rows if why is None)

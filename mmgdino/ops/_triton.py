@@ -46,6 +46,13 @@ except ImportError as exc:
     _error = f"{type(exc).__name__}: {exc}"
 
 
+def _triton_accumulate(dtype):
+    """The Triton dtype of accumulate_dtype(dtype): the launchers accumulate in what they are told."""
+    import triton.language as tl
+
+    return getattr(tl, str(accumulate_dtype(dtype)).removeprefix("torch."))
+
+
 def status():
     if _error is not None:
         return False, f"Triton kernels unavailable ({_error})"
@@ -73,6 +80,7 @@ if _error is None:
                 sampling_locations.contiguous(),
                 attention_weights.contiguous(),
                 out,
+                _triton_accumulate(value.dtype),
                 interpret=_INTERPRET,
             )
         return out
@@ -107,6 +115,7 @@ if _error is None:
                 grad_value,
                 grad_loc,
                 grad_attn,
+                _triton_accumulate(value.dtype),
                 interpret=_INTERPRET,
             )
         return grad_value.to(value.dtype), grad_loc, grad_attn
@@ -117,7 +126,8 @@ if _error is None:
 
     def _run_contrastive(kernel, vision, text, text_token_mask, bias, scale, out):
         if out.numel() > 0:
-            kernel(wrap_triton, vision.contiguous(), text.contiguous(), text_token_mask.contiguous(), bias, scale, out)
+            kernel(wrap_triton, vision.contiguous(), text.contiguous(), text_token_mask.contiguous(), bias, scale, out,
+                   _triton_accumulate(vision.dtype))  # fmt: skip
         return out
 
     @triton_op("mmgdino::contrastive_logits_triton", mutates_args=())

@@ -1,9 +1,11 @@
-"""The operators written in standard PyTorch ops that exporters translate (ONNX GridSample, MatMul, ReduceMax),
-for a model that must run outside PyTorch: the model's layers call these instead of the kernels while
-`portable()` is active (mmgdino.export uses it). Same results as the kernels; slower in PyTorch.
+"""The "portable" backend: the operators written in standard PyTorch ops that exporters translate (ONNX
+GridSample, MatMul, ReduceMax), for a model that must run outside PyTorch. Dispatch picks it for every operator
+call made while `portable()` is active (mmgdino.export uses it), or when asked by name. Same results as the
+kernels; slower in PyTorch.
 
 Multi-scale deformable attention samples each level with grid_sample (one call per level, as transformers does):
-the level's (height, width) must be Python ints (or symbolic sizes) at trace time, which the model has; a gather
+the level's (height, width) must be Python ints (or symbolic sizes) at trace time, which the model has and passes
+as `level_shapes` (a tensor's values are unknown while tracing); a gather
 formulation would materialize every corner of every point ((B*H*Q) x (L*P*4) x D values, 1.4 GB for the
 encoder at 800x1333), where grid_sample keeps one level's samples.
 """
@@ -13,12 +15,14 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ._checks import accumulate_dtype
+
 _depth = 0
 
 
 @contextmanager
 def portable():
-    """Within this block the model's layers use the portable formulations (e.g. to export an ONNX graph)."""
+    """Within this block every operator call runs on this backend (e.g. to export an ONNX graph)."""
     global _depth
     _depth += 1
     try:
@@ -31,20 +35,21 @@ def active():
     return _depth > 0
 
 
-def _accumulate(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
-    """value (B, S, H, D); shapes [(height, width)] per level; sampling_locations (B, Q, H, L, P, 2) normalized
-    (x, y); attention_weights (B, Q, H, L, P) -> (B, Q, H * D), accumulated in float32 (float64 kept)."""
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, level_shapes=None):
+    """The operator's arguments, plus level_shapes: [(height, width)] per level as Python ints, needed while
+    tracing (read from spatial_shapes otherwise). Levels are taken in order (level_start_index is their running
+    sum, checked by the operator). -> (B, Q, H * D), accumulated as the kernels accumulate."""
+    if level_shapes is None:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            raise ValueError("mmgdino.ms_deform_attn: the portable backend needs level_shapes while tracing")
+        level_shapes = [tuple(shape) for shape in spatial_shapes.tolist()]
     batch, _, heads, head_dim = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
-    acc = _accumulate(value.dtype)
+    acc = accumulate_dtype(value.dtype)
     grids = (2 * sampling_locations - 1).to(value.dtype)
     out = None
     start = 0
-    for level, (height, width) in enumerate(shapes):
+    for level, (height, width) in enumerate(level_shapes):
         level_value = value[:, start : start + height * width].permute(0, 2, 3, 1)
         level_value = level_value.reshape(batch * heads, head_dim, height, width)
         start = start + height * width
@@ -58,21 +63,18 @@ def ms_deform_attn(value, shapes, sampling_locations, attention_weights):
 
 
 def _logits(vision, text, text_keep, bias, scale):
-    acc = _accumulate(vision.dtype)
-    logits = torch.matmul(vision.to(acc), text.to(acc).transpose(-1, -2)) * scale
-    if isinstance(bias, torch.Tensor):
-        logits = logits + bias.to(acc)
-    elif bias:
-        logits = logits + bias
+    acc = accumulate_dtype(vision.dtype)
+    logits = torch.matmul(vision.to(acc), text.to(acc).transpose(-1, -2)) * scale + bias.to(acc)
     return logits.masked_fill(~text_keep[:, None, :], float("-inf"))
 
 
 def contrastive_logits(vision, text, text_keep, bias, scale, max_text_len):
-    """float32 (B, N, max_text_len): (vision @ text^T) * scale + bias, -inf where masked and in the padding."""
+    """(B, N, max_text_len) in the accumulation dtype: (vision @ text^T) * scale + bias, -inf where masked and in
+    the padding."""
     logits = _logits(vision, text, text_keep, bias, scale)
-    return F.pad(logits, (0, max_text_len - text.shape[1]), value=float("-inf")).float()
+    return F.pad(logits, (0, max_text_len - text.shape[1]), value=float("-inf"))
 
 
 def contrastive_max(vision, text, text_keep, bias, scale):
-    """float32 (B, N): the maximum over the prompt's tokens of contrastive_logits."""
-    return _logits(vision, text, text_keep, bias, scale).amax(-1).float()
+    """(B, N): the maximum over the prompt's tokens of contrastive_logits."""
+    return _logits(vision, text, text_keep, bias, scale).amax(-1)
