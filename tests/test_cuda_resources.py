@@ -87,6 +87,11 @@ def test_budget_ignores_check_only_kernels_but_not_new_or_missing_ones():
     assert len(removed) == 1 and "no longer compiled" in removed[0]
 
 
+def test_binary_check_names_a_missing_cuobjdump_in_one_line(tmp_path):
+    problems = cuda_resources.check_binary(tmp_path / "_C.so", [], str(tmp_path / "no-cuobjdump"))
+    assert problems == [f"no cuobjdump at {str(tmp_path / 'no-cuobjdump')!r} (give one with --cuobjdump)"]
+
+
 def _budget():
     return json.loads(cuda_resources.BUDGET.read_text())["kernels"]
 

@@ -80,7 +80,10 @@ def check(rows, budget_rows):
 def check_binary(library, budget_rows, cuobjdump):
     """Every CUDA kernel of the budget is in the library's cubin for its architecture, and nothing else. Compared
     by demangled name: the mangled one carries a hash of the source path (anonymous namespace)."""
-    out = subprocess.run([cuobjdump, "-res-usage", str(library)], capture_output=True, text=True)
+    try:
+        out = subprocess.run([cuobjdump, "-res-usage", str(library)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return [f"no cuobjdump at {cuobjdump!r} (give one with --cuobjdump)"]
     if out.returncode != 0:
         return [f"cuobjdump failed on {library}: {out.stderr.strip()}"]
     mangled, arch = [], None
