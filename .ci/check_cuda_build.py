@@ -3,14 +3,16 @@
     python -P .ci/check_cuda_build.py --arch-list "8.0;9.0" --cuobjdump PATH
 
 Every mmgdino operator has CUDA, CPU and Meta kernels registered; the build recorded the requested architectures;
-the library holds every budgeted CUDA kernel for each of them (benchmarks/cuda_resources.py --binary). Run it with
+the library holds every budgeted CUDA kernel for each of them (mmgdino_tools.cuda_resources --binary). Run it with
 `python -P` from the checkout: -P keeps the checkout's own mmgdino/ (which may hold a CPU build) off sys.path, so
 the installed wheel is what gets checked.
 """
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +55,13 @@ def main():
 
     library = Path(_extension._C.__file__) if _extension._C is not None else None
     if library is not None:
+        # The developer tools are not installed: their folder on the path, the working directory outside the
+        # checkout (-m would put it on sys.path, where the checkout's mmgdino/ would shadow the wheel).
         binary = subprocess.run(
             [
                 sys.executable,
-                str(ROOT / "benchmarks" / "cuda_resources.py"),
+                "-m",
+                "mmgdino_tools.cuda_resources",
                 "--binary",
                 str(library),
                 "--cuobjdump",
@@ -64,6 +69,8 @@ def main():
             ],
             capture_output=True,
             text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "tools")},
+            cwd=tempfile.gettempdir(),
         )
         print(binary.stdout.strip())
         if binary.returncode != 0:

@@ -10,14 +10,23 @@
 # torch is reused (MMGDINO_REUSE_BUILD=1), so a short lease can split the round over several calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 OUT=${OUT:-benchmarks/results}
 STEPS=${MMGDINO_STEPS:-build tests memcheck bench}
 mkdir -p "$OUT" benchmarks/results
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# The extension is built in place and not installed: the checkout's mmgdino/ is importable through a folder that
+# holds only a link to it, and the developer tools through tools/. The checkout's root never goes on sys.path
+# (its kernels/ folder is not a package to import); `py` runs Python from that folder, because -m and - put the
+# working directory on sys.path, so every path handed to it is absolute.
+SITE=$(mktemp -d)
+trap 'rm -rf "$SITE"' EXIT
+ln -s "$ROOT/mmgdino" "$SITE/mmgdino"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$SITE:$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}
+py() { (cd "$SITE" && python "$@"); }
 status=0
 step() { echo; echo "== $* ($(date +%T))"; }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
-has_cuda_build() { python -c "from mmgdino import _extension as e; raise SystemExit(0 if e.has_cuda_kernels else 1)" 2>/dev/null; }
+has_cuda_build() { py -c "from mmgdino import _extension as e; raise SystemExit(0 if e.has_cuda_kernels else 1)" 2>/dev/null; }
 
 step "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
@@ -35,8 +44,8 @@ if wants build; then
     grep -iE "spill|stack frame" "$OUT/build.log" | sort | uniq -c | head -n 20
     cp mmgdino/_C*.so "$OUT/" 2>/dev/null || true
   fi
-  has_cuda_build || { python -c "from mmgdino import _extension as e; print(e.load_error)"; exit 1; }
-  python -m mmgdino.cli info | tee "$OUT/info.txt"
+  has_cuda_build || { py -c "from mmgdino import _extension as e; print(e.load_error)"; exit 1; }
+  py -m mmgdino.cli info | tee "$OUT/info.txt"
 fi
 
 if wants tests; then
@@ -52,9 +61,9 @@ fi
 if wants memcheck; then
   step "compute-sanitizer memcheck (small case)"
   if command -v compute-sanitizer >/dev/null; then
-    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 python - <<'PY' > "$OUT/memcheck.log" 2>&1
-import sys, torch
-sys.path.insert(0, "tests")
+    # Run from tests/, where `python -` finds the tests' input builders (helpers.py).
+    (cd tests && timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 python - <<'PY') > "$OUT/memcheck.log" 2>&1
+import torch
 from helpers import msda_inputs, contrastive_inputs
 from mmgdino import ops
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -77,14 +86,14 @@ if wants bench; then
   step "benchmarks"
   peer_args=()
   [ -n "${MMGDINO_PEER:-}" ] && peer_args=(--peer "$MMGDINO_PEER")
-  name=$(python -c "import torch; print(torch.cuda.get_device_name(0).lower().replace(' ', '-'))")
-  timeout "${MMGDINO_BENCH_TIMEOUT:-400}" python -m mmgdino.cli bench --device cuda \
-    --out "benchmarks/results/ops-$name" "${peer_args[@]}" ${MMGDINO_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1 || status=1
+  name=$(py -c "import torch; print(torch.cuda.get_device_name(0).lower().replace(' ', '-'))")
+  timeout "${MMGDINO_BENCH_TIMEOUT:-400}" py -m mmgdino.cli bench --device cuda \
+    --out "$ROOT/benchmarks/results/ops-$name" "${peer_args[@]}" ${MMGDINO_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1 || status=1
   cat "$OUT/bench.log" | grep -v "^ms_deform_attn \|^contrastive " | tail -n 70
   cp "benchmarks/results/ops-$name".* "$OUT/" 2>/dev/null || true
   step "the memory model against what was measured (issue 14: a miss over 30% gets fixed or said)"
-  python benchmarks/gpu_model.py --compare "benchmarks/results/ops-$name.json" \
-    --out "benchmarks/results/gpu-model-vs-measured-$name" > "$OUT/model-vs-measured.log" 2>&1 || status=1
+  py -m mmgdino_tools.gpu_model --compare "$ROOT/benchmarks/results/ops-$name.json" \
+    --out "$ROOT/benchmarks/results/gpu-model-vs-measured-$name" > "$OUT/model-vs-measured.log" 2>&1 || status=1
   tail -n 30 "$OUT/model-vs-measured.log"
   cp "benchmarks/results/gpu-model-vs-measured-$name".* "$OUT/" 2>/dev/null || true
 fi

@@ -2,17 +2,12 @@
 
 import torch
 
+from mmgdino.bench.agreement import rel_err  # noqa: F401  (the one definition; the tests' measure too)
 from mmgdino.ops import _torch_impl
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # Gradients of half inputs: the location gradient differences nearby corners, so rounding weighs more.
 GRAD_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    denom = ref.norm()
-    return ((out - ref).norm() / denom).item() if denom > 0 else (out - ref).norm().item()
 
 
 def level_table(shapes, device="cpu"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GRAD_TOLERANCE, TOLERANCE, rel_err
+from helpers import GRAD_TOLERANCE, TOLERANCE, contrastive_inputs, msda_inputs, rel_err
 
 from mmgdino import ops
 
@@ -20,56 +20,67 @@ pytestmark = pytest.mark.skipif(
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Runs in the child: every CPU fast path (MSDA forward and backward, contrastive logits and max) in each dtype,
-# on inputs seeded identically in every process. dim 256 takes the AVX-512 BF16 dot products, dim 24 the
-# 8-wide loop.
+# Runs in the child: every CPU fast path (MSDA forward and backward, contrastive logits and max) in each dtype, on
+# the inputs the parent made once (the `inputs` fixture), so every build sees the same ones. dim 256 takes the
+# AVX-512 BF16 dot products, dim 24 the 8-wide loop.
 _CHILD = """
-import sys, torch, mmgdino
+import sys, torch
 from mmgdino import _extension, ops
-sys.path.insert(0, sys.argv[1])
-from helpers import msda_inputs, contrastive_inputs
 outs = {}
-for dt in (torch.float32, torch.bfloat16, torch.float16):
-    torch.manual_seed(3)
-    value, shapes, starts, loc, attn = msda_inputs(dtype=dt, head_dim=32)
+for dt, case in torch.load(sys.argv[1]).items():
+    value, shapes, starts, loc, attn = case["msda"]
     leaves = [t.detach().requires_grad_(True) for t in (value, loc, attn)]
     out = ops.ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend="cpu")
-    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
-    outs[(str(dt), "forward")] = out.detach().float()
+    grads = torch.autograd.grad(out, leaves, case["grad"])
+    outs[(dt, "forward")] = out.detach().float()
     for name, g in zip(("grad_value", "grad_loc", "grad_attn"), grads):
-        outs[(str(dt), name)] = g.float()
-    for dim in (256, 24):
-        vision, text, mask = contrastive_inputs(batch=2, rows=19, tokens=11, dim=dim, dtype=dt)
-        outs[(str(dt), f"logits_{dim}")] = ops.contrastive_logits(vision, text, mask, bias=0.5, backend="cpu")
-        outs[(str(dt), f"max_{dim}")] = ops.contrastive_max(vision, text, mask, bias=0.5, backend="cpu")
+        outs[(dt, name)] = g.float()
+    for dim, (vision, text, mask) in case["contrastive"].items():
+        outs[(dt, f"logits_{dim}")] = ops.contrastive_logits(vision, text, mask, bias=0.5, backend="cpu")
+        outs[(dt, f"max_{dim}")] = ops.contrastive_max(vision, text, mask, bias=0.5, backend="cpu")
 torch.save({"isa": _extension._C.cpu_isa, "outs": outs}, sys.argv[2])
 """
 
 
-def _outputs(isa):
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The children's inputs, in a file: per dtype the MSDA inputs and output gradient, and contrastive inputs."""
+    cases = {}
+    for dt in DTYPES:
+        torch.manual_seed(3)
+        value, shapes, starts, loc, attn = msda_inputs(dtype=dt, head_dim=32)
+        grad = torch.randn(loc.shape[0], loc.shape[1], value.shape[2] * value.shape[3]).to(dt)
+        contrastive = {dim: contrastive_inputs(batch=2, rows=19, tokens=11, dim=dim, dtype=dt) for dim in (256, 24)}
+        cases[str(dt)] = {"msda": (value, shapes, starts, loc, attn), "grad": grad, "contrastive": contrastive}
+    path = tmp_path_factory.mktemp("isa") / "inputs.pt"
+    torch.save(cases, path)
+    return path
+
+
+def _outputs(isa, inputs):
     out = Path(tempfile.gettempdir()) / f"mmgdino-isa-{isa or 'best'}-{os.getpid()}.pt"
     env = {**os.environ, "MMGDINO_CPU_ISA": isa}
     # cwd elsewhere: `python -c` puts the working directory on sys.path, and the child must import the mmgdino
     # under test (an installed wheel in CI's second run), not the checkout's.
-    subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(out)], env=env, check=True,
-                   timeout=300, cwd=tempfile.gettempdir())  # fmt: skip
+    subprocess.run([sys.executable, "-c", _CHILD, str(inputs), str(out)], env=env, check=True, timeout=300,
+                   cwd=tempfile.gettempdir())  # fmt: skip
     result = torch.load(out)
     out.unlink()
     return result
 
 
 @pytest.fixture(scope="module")
-def baseline():
-    result = _outputs("baseline")
+def baseline(inputs):
+    result = _outputs("baseline", inputs)
     assert result["isa"] == "baseline"
     return result["outs"]
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512_bf16", ""], ids=["avx2", "avx512", "avx512_bf16", "chosen"])
-def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline):
+def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline, inputs):
     from mmgdino import _extension
 
-    result = _outputs(isa)
+    result = _outputs(isa, inputs)
     if isa and result["isa"] != isa:
         pytest.skip(f"this CPU cannot run the {isa} build (it picked {result['isa']})")
     if not isa:

@@ -1,5 +1,5 @@
 """The CUDA backend of csrc/cuda/, run on the CPU: the kernels (*.cu) unchanged by the SIMT emulator in
-tests/cuda_emulator/, and the ATen glue (*_cuda.cpp) around them as a torch extension.
+tools/mmgdino_tools/cuda_emulator/, and the ATen glue (*_cuda.cpp) around them as a torch extension.
 
 CI has no GPU; this runs the kernels' own code (index math, group mapping, 16-byte vector and scalar paths,
 shuffles, shared-memory tiles, grid-stride loops) against the float64 reference, under AddressSanitizer, so a
@@ -8,7 +8,6 @@ read or write outside any buffer fails. What it cannot show: speed, the memory m
 
 import math
 
-import cuda_emulation as emu
 import pytest
 import torch
 from helpers import (
@@ -27,14 +26,17 @@ from helpers import (
 )
 
 from mmgdino.ops import _torch_impl
+from mmgdino_tools import cuda_emulation as emu
+from mmgdino_tools.emulated_glue import load_glue_extension
+from mmgdino_tools.emulator_build import MAX_BLOCKS, build, compiler
 
-pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="needs a C++ compiler (g++ or $CXX)")
+pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler (g++ or $CXX)")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 @pytest.fixture(scope="session")
 def simt():
-    return emu.build()
+    return build()
 
 
 # ---------------------------------------------------------------- the emulator itself
@@ -141,12 +143,12 @@ def test_backward_refuses_heads_wider_than_its_registers(simt):
 
 @pytest.mark.parametrize("head_dim,heads,queries", [(32, 8, 61), (4, 8, 101), (6, 3, 93)])
 def test_grid_stride_loops_cover_every_item(simt, head_dim, heads, queries):
-    # The emulator caps grids at emu.MAX_BLOCKS blocks, so these go around the grid-stride loop several times,
+    # The emulator caps grids at MAX_BLOCKS blocks, so these go around the grid-stride loop several times,
     # with a last partial warp of items (groups of 8, 1 and 8 lanes).
     inputs = msda_inputs(head_dim=head_dim, heads=heads, queries=queries, border_fraction=0.0)
     chunks = head_dim // 4 if head_dim % 4 == 0 else head_dim  # float32: 16-byte chunks when they fit
     group = min(32, 1 << (chunks - 1).bit_length())
-    assert 2 * queries * heads > emu.MAX_BLOCKS * (256 // group)
+    assert 2 * queries * heads > MAX_BLOCKS * (256 // group)
     assert rel_err(emu.ms_deform_attn(simt, *inputs), msda_reference(*inputs)) <= TOLERANCE[torch.float32]
     _check_backward(simt, inputs, torch.float32)
 
@@ -268,7 +270,7 @@ def test_contrastive_logits_and_max_match_float64_reference(simt, dtype, shape, 
 
 @pytest.fixture(scope="session")
 def glue():
-    return emu.load_glue_extension()
+    return load_glue_extension()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,15 +1,14 @@
-"""The kernel resource budget (benchmarks/cuda_resources.py): ptxas parsing, occupancy arithmetic, and the check
-that fails CI, on hand-made inputs (CI runs the real compile in .ci/run)."""
+"""The kernel resource budget (mmgdino_tools.cuda_resources, from kernel_resources' compiler reports): ptxas
+parsing, occupancy arithmetic and the check that fails CI on hand-made inputs, and the checked-in budget against the
+kernels the sources define (CI runs the real compile in .ci/run)."""
 
-import importlib.util
-from pathlib import Path
+import json
+import re
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_resources.py"
-_spec = importlib.util.spec_from_file_location("cuda_resources", _PATH)
-cuda_resources = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cuda_resources)
+from mmgdino_tools import cuda_resources, kernel_resources
+from mmgdino_tools.checkout import CSRC, ROOT
 
 PTXAS_LOG = """\
 ptxas info    : 0 bytes gmem
@@ -25,7 +24,7 @@ ptxas info    : Used 40 registers, used 0 barriers, 448 bytes cmem[0]
 
 
 def test_ptxas_report_is_read_per_kernel_and_architecture():
-    found = cuda_resources.parse_ptxas_log(PTXAS_LOG)
+    found = kernel_resources.parse_ptxas_log(PTXAS_LOG)
     assert found[("_Z6kernelILi1EEvv", 80)] == {
         "registers": 80,
         "stack": 8,
@@ -50,7 +49,7 @@ def test_ptxas_report_is_read_per_kernel_and_architecture():
     ],
 )
 def test_occupancy_follows_the_published_limits(registers, shared, threads, arch, blocks, fraction):
-    assert cuda_resources.occupancy(registers, shared, threads, arch) == (blocks, pytest.approx(fraction))
+    assert kernel_resources.occupancy(registers, shared, threads, arch) == (blocks, pytest.approx(fraction))
 
 
 def _row(kernel="msda_forward_kernel<float, 4, 8>", hot=True, **changes):
@@ -88,12 +87,49 @@ def test_budget_ignores_check_only_kernels_but_not_new_or_missing_ones():
     assert len(removed) == 1 and "no longer compiled" in removed[0]
 
 
-def test_checked_in_budget_covers_every_hot_configuration_without_spills():
-    import json
+def test_binary_check_names_a_missing_cuobjdump_in_one_line(tmp_path):
+    problems = cuda_resources.check_binary(tmp_path / "_C.so", [], str(tmp_path / "no-cuobjdump"))
+    assert problems == [f"no cuobjdump at {str(tmp_path / 'no-cuobjdump')!r} (give one with --cuobjdump)"]
 
-    budget = json.loads((_PATH.parent / "results" / "cuda-resources.json").read_text())["kernels"]
+
+def _budget():
+    return json.loads(cuda_resources.BUDGET.read_text())["kernels"]
+
+
+def test_checked_in_budget_covers_every_hot_configuration_without_spills():
+    budget = _budget()
     for backend in ("cuda", "triton"):
         for arch in (80, 90):
             rows = [r for r in budget if r["backend"] == backend and r["arch"] == arch and r["hot"]]
             assert rows, (backend, arch)
             assert all(r["spill_stores"] == r["spill_loads"] == 0 for r in rows), [r["kernel"] for r in rows]
+
+
+def test_budget_names_exactly_the_cuda_kernels_the_sources_define():
+    """Every __global__ kernel of csrc/cuda has a block size and rows on every budgeted architecture, each row's
+    kernel is defined in the source it names, and a row is hot exactly when its element type is a fast path: a
+    kernel added, renamed or moved without regenerating the budget fails here, before CI's compile."""
+    defined = {}
+    for source in sorted((CSRC / "cuda").glob("*.cu")):
+        for name in re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", source.read_text()):
+            defined[name] = str(source.relative_to(ROOT))
+    assert defined and set(defined) == set(kernel_resources.CUDA_BLOCK_THREADS)
+    rows = [r for r in _budget() if r["backend"] == "cuda"]
+    for name in defined:
+        for arch in kernel_resources.ARCHS:
+            assert any(r["kernel"].split("<")[0] == name and r["arch"] == arch for r in rows), (name, arch)
+    for r in rows:
+        base, _, params = r["kernel"].partition("<")
+        assert defined.get(base) == r["source"], r["kernel"]
+        assert r["threads"] == kernel_resources.CUDA_BLOCK_THREADS[base], r["kernel"]
+        assert r["hot"] == (params.split(",")[0].rstrip(">").strip() in kernel_resources.HOT_CUDA_TYPES), r["kernel"]
+
+
+def test_budget_names_exactly_the_triton_configurations_the_dispatcher_launches():
+    pytest.importorskip("triton")
+    from mmgdino_tools import triton_aot_compile
+
+    launched = {f"{name}[{dtype}]" for name, dtype, *_ in triton_aot_compile.instantiations()}
+    for arch in kernel_resources.ARCHS:
+        budgeted = {r["kernel"] for r in _budget() if r["backend"] == "triton" and r["arch"] == arch}
+        assert budgeted == launched, arch

@@ -1,19 +1,22 @@
-"""The memory-traffic tracer of the CUDA emulator (tests/cuda_emulator/trace.cpp), which benchmarks/gpu_model.py
-builds its GPU model on: counts checked on kernels whose traffic is known by hand, then on the real MSDA kernels
-against counts derived from their inputs."""
+"""The memory-traffic tracer of the CUDA emulator (tools/mmgdino_tools/cuda_emulator/trace.cpp) and the GPU model
+built on it (mmgdino_tools.gpu_model): counts checked on kernels whose traffic is known by hand, then on the real
+MSDA kernels against counts derived from their inputs; the model's roofline, L2, scaling, calibration rule,
+comparison with a measured bench and command line."""
 
 import pytest
 import torch
 from helpers import msda_inputs, msda_reference, rel_err
 
-emu = pytest.importorskip("cuda_emulation")
+from mmgdino_tools import cuda_emulation as emu
+from mmgdino_tools.emulator_build import build_reuse, build_trace, compiler
+from mmgdino_tools.gpu_model import calibration, compare, roofline, targets, tracing
 
-pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="needs a C++ compiler")
+pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler")
 
 
 @pytest.fixture(scope="module")
 def trace():
-    return emu.build_trace()
+    return build_trace()
 
 
 def _global(counters, kind):
@@ -104,7 +107,7 @@ def test_an_sm_80_build_scatters_grad_value_with_scalar_atomics():
     by_arch = {}
     for arch in (900, 800):
         counters = {}
-        emu.ms_deform_attn_backward(emu.build_trace(arch=arch), grad_out, *inputs, counters=counters)
+        emu.ms_deform_attn_backward(build_trace(arch=arch), grad_out, *inputs, counters=counters)
         by_arch[arch] = counters["by_buffer"]["grad_value atomic"]
     assert by_arch[800]["lane_accesses"] == 4 * by_arch[900]["lane_accesses"]
     assert by_arch[800]["requests"] == 4 * by_arch[900]["requests"]
@@ -130,29 +133,17 @@ def test_16_bit_backward_pairs_lanes_into_whole_sector_atomics(trace, head_dim):
     assert sectors_per_lane_access == (0.5 if head_dim == 32 else 1.0)
 
 
-def _gpu_model():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model.py"
-    spec = importlib.util.spec_from_file_location("gpu_model", path)
-    gpu_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_model)
-    return gpu_model
-
-
 def test_the_model_puts_a_streaming_copy_at_the_dram_floor(trace):
-    """benchmarks/gpu_model.py's roofline on a traced copy: every sector moved once, so DRAM-bound at the floor."""
-    gpu_model = _gpu_model()
+    """gpu_model's roofline on a traced copy: every sector moved once, so DRAM-bound at the floor."""
     counters = emu.trace_selftest(trace, "vector_copy")
     assert counters["l1_miss_load_sectors"] == 16
-    for target in gpu_model.TARGETS:
-        m = gpu_model.model(counters, target)
+    for target in targets.TARGETS:
+        m = roofline.model(counters, target)
         assert m["dram_bytes"] == m["floor_bytes"] == 2 * 512
         assert m["modeled_us"] >= m["floor_us"] and m["bound"] in ("dram", "l1", "l2")
 
 
-# A stand-in for a peer implementation (benchmarks/gpu_model.py --peer): the textbook mapping of one thread per
+# A stand-in for a peer implementation (gpu_model --peer): the textbook mapping of one thread per
 # (query, head, channel) with 4-byte loads, a launch written across lines, a header of its own beside it, and host
 # code in the adapter that touches the buffers (which must not count as device traffic).
 _PEER_HEADER = r"""
@@ -215,7 +206,7 @@ def test_a_peer_kernel_is_traced_beside_ours(tmp_path, trace):
     for what the peer refuses."""
     (tmp_path / "naive.cuh").write_text(_PEER_HEADER)
     (tmp_path / "adapter.cu").write_text(_PEER_ADAPTER)
-    exe = emu.build_trace(peer=tmp_path)
+    exe = build_trace(peer=tmp_path)
     value, shapes, starts, loc, attn = msda_inputs(((6, 8), (3, 4)), batch=1, queries=40, head_dim=32, points=2)
     ours_counters, peer_counters = {}, {}
     ours = emu.ms_deform_attn(exe, value, shapes, starts, loc, attn, counters=ours_counters)
@@ -246,56 +237,53 @@ def _lru_misses(stream, capacity):
 
 
 def test_reuse_distances_give_an_lru_cache_of_any_size():
-    """The histogram (tests/cuda_emulator/reuse.h) against a plain LRU cache, over more touches than the counter's
+    """The histogram (cuda_emulator/reuse.h) against a plain LRU cache, over more touches than the counter's
     first slot table holds (so its renumbering runs), and the model's misses read from it."""
     import json
     import subprocess
 
     import numpy as np
 
-    gpu_model = _gpu_model()
     rng = np.random.default_rng(0)
     # A hot set reused at short distances and a cold one at long distances: hits differ at every size below.
     stream = np.where(rng.random(1_200_000) < 0.5, rng.integers(0, 3000, 1_200_000),
                       rng.integers(10_000, 40_000, 1_200_000)).astype("<u8")  # fmt: skip
-    proc = subprocess.run([str(emu.build_reuse())], input=stream.tobytes(), capture_output=True, check=True)
+    proc = subprocess.run([str(build_reuse())], input=stream.tobytes(), capture_output=True, check=True)
     reuse = json.loads(proc.stdout)
     assert reuse["cold"] == len(np.unique(stream))
     assert reuse["cold"] + reuse["beyond"] + sum(reuse["counts"]) == stream.size
     for buckets in (1, 2, 5, 8):
         misses = reuse["cold"] + reuse["beyond"] + sum(reuse["counts"][buckets:])
         assert misses == _lru_misses(stream.tolist(), buckets * reuse["bucket_sectors"])
-    gpu_model.TARGETS["test-target"] = dict(l2_mb=5 * reuse["bucket_sectors"] * 32 / 2**20)
+    targets.TARGETS["test-target"] = dict(l2_mb=5 * reuse["bucket_sectors"] * 32 / 2**20)
     try:
-        assert gpu_model.l2_misses({"reuse": reuse}, "test-target") == _lru_misses(stream.tolist(), 5 * 4096)
+        assert roofline.l2_misses({"reuse": reuse}, "test-target") == _lru_misses(stream.tolist(), 5 * 4096)
     finally:
-        del gpu_model.TARGETS["test-target"]
+        del targets.TARGETS["test-target"]
 
 
 def test_scaled_counters_multiply_sums_only():
-    gpu_model = _gpu_model()
     counters = {"global": {"load": {"requests": 3, "max_lanes_per_address": 2}}, "reuse": {"bucket_sectors": 4096,
                 "counts": [1, 2], "cold": 5}, "emulated_seconds": 1.5, "active_lanes_per_request": 31.0}  # fmt: skip
-    assert gpu_model.scaled(counters, 4) == {"global": {"load": {"requests": 12, "max_lanes_per_address": 2}},
+    assert tracing.scaled(counters, 4) == {"global": {"load": {"requests": 12, "max_lanes_per_address": 2}},
                                              "reuse": {"bucket_sectors": 4096, "counts": [4, 8], "cold": 20},
                                              "emulated_seconds": 1.5, "active_lanes_per_request": 31.0}  # fmt: skip
 
 
 def test_the_calibration_rule_compares_the_published_ratio():
-    gpu_model = _gpu_model()
-    case = next(iter(gpu_model.CALIBRATION))
-    target = gpu_model.CALIBRATION[case]["target"]
-    (first, (dtype1, ms1)), (second, (dtype2, ms2)) = list(gpu_model.CALIBRATION[case]["published"].items())[:2]
+    case = next(iter(calibration.CALIBRATION))
+    target = calibration.CALIBRATION[case]["target"]
+    (first, (dtype1, ms1)), (second, (dtype2, ms2)) = list(calibration.CALIBRATION[case]["published"].items())[:2]
 
     def row(impl, dtype, ms):
         return {"impl": impl, "pass": "forward", "case": case, "dtype": dtype,
                 "model": {target: {"modeled_us": ms * 1e3, "bound": "l2"}}}  # fmt: skip
 
-    exact = gpu_model.calibration([row(first, dtype1, ms1 / 2), row(second, dtype2, ms2 / 2)])[0]
+    exact = calibration.calibration([row(first, dtype1, ms1 / 2), row(second, dtype2, ms2 / 2)])[0]
     assert exact["ratio"]["within_30_percent"] and abs(exact["ratio"]["modeled"] - ms2 / ms1) < 1e-9
-    off = gpu_model.calibration([row(first, dtype1, ms1), row(second, dtype2, ms2 * 1.5)])[0]
+    off = calibration.calibration([row(first, dtype1, ms1), row(second, dtype2, ms2 * 1.5)])[0]
     assert not off["ratio"]["within_30_percent"]
-    assert "ratio" not in gpu_model.calibration([row(first, dtype1, ms1)])[0]
+    assert "ratio" not in calibration.calibration([row(first, dtype1, ms1)])[0]
 
 
 @pytest.mark.parametrize(
@@ -310,13 +298,13 @@ def test_the_calibration_rule_compares_the_published_ratio():
     ],
 )
 def test_gpu_model_refuses_bad_arguments_in_one_line(argv, message):
-    """benchmarks/gpu_model.py: a bad argument stops it before any tracing, with argparse's exit code 2."""
+    """python -m mmgdino_tools.gpu_model: a bad argument stops it before any tracing, with argparse's exit code 2."""
     import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model.py"
-    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+    from mmgdino_tools.checkout import tool_command
+
+    command, where = tool_command("gpu_model", *argv)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, **where)
     assert proc.returncode == 2
     assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
 
@@ -331,31 +319,30 @@ def test_compare_puts_the_measured_beside_the_modeled():
     """gpu_model --compare: each measured MSDA row of a GPU bench beside the model of the same kernel, pass, case and
     dtype on that GPU's target (the device tool's H200 here), flagged when it misses by more than 30%."""
     import json
-    from pathlib import Path
 
-    gpu_model = _gpu_model()
-    report = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/gpu-model-msda.json").read_text())
+    from mmgdino_tools.checkout import RESULTS
+
+    report = json.loads((RESULTS / "gpu-model-msda.json").read_text())
     row = next(r for r in report["rows"] if (r["impl"], r["pass"], r["case"], r["dtype"]) ==
                ("mmgdino", "forward", "encoder", "float32"))  # fmt: skip
-    modeled_ms = gpu_model.modeled(row, ["h200"])["h200"]["modeled_us"] / 1e3
+    modeled_ms = roofline.modeled(row, ["h200"])["h200"]["modeled_us"] / 1e3
     bench = _bench_report("NVIDIA H200", [("cuda", "forward", "encoder", 2 * modeled_ms),
                                           ("torch", "forward", "encoder", 9.0)])  # fmt: skip
-    target, rows = gpu_model.compare(report, bench)
+    target, rows = compare.compare(report, bench)
     assert target == "h200" and len(rows) == 1  # the torch backend is not a traced kernel
     assert abs(rows[0]["modeled_ms"] - modeled_ms) < 1e-12 and abs(rows[0]["measured_over_modeled"] - 2) < 1e-9
     assert not rows[0]["within_30_percent"]
-    assert "off by more than 30%" in gpu_model.compare_markdown(target, rows, bench)
+    assert "off by more than 30%" in compare.compare_markdown(target, rows, bench)
 
 
 def test_compare_refuses_a_gpu_it_has_no_target_for(tmp_path):
     import json
     import subprocess
-    import sys
-    from pathlib import Path
+
+    from mmgdino_tools.checkout import tool_command
 
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(_bench_report("NVIDIA GeForce GTX 1080", [])))
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_model.py"
-    proc = subprocess.run([sys.executable, str(script), "--compare", str(bench), "--out", str(tmp_path / "x")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    command, where = tool_command("gpu_model", "--compare", bench, "--out", tmp_path / "x")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, **where)
     assert proc.returncode == 2 and "no model target for the device" in proc.stderr.strip().splitlines()[-1]

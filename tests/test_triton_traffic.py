@@ -1,6 +1,5 @@
-"""The Triton kernels' memory-traffic counter (tests/triton_trace.py), which benchmarks/gpu_model.py --triton builds
-on: counts checked on kernels whose traffic is known by hand, then on the MSDA forward against counts derived from
-its launch."""
+"""The Triton kernels' memory-traffic counter (mmgdino_tools.triton_trace), which gpu_model --triton builds on: counts
+checked on kernels whose traffic is known by hand, then on the MSDA forward against counts derived from its launch."""
 
 import os
 
@@ -9,7 +8,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
-trace = pytest.importorskip("triton_trace")
+trace = pytest.importorskip("mmgdino_tools.triton_trace")
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="counts in Triton's interpreter")
 
@@ -123,13 +122,13 @@ def test_a_triton_peer_is_traced_like_ours(tmp_path):
 
 def test_the_trace_script_refuses_missing_inputs_and_peers_in_one_line(tmp_path):
     import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent / "triton_trace.py"
+    from mmgdino_tools.checkout import tool_command
+
     inputs = tmp_path / "inputs.pt"
     torch.save({}, inputs)
     for argv, message in ((["forward", str(tmp_path / "none.pt")], "no such file"),
                           (["forward", str(inputs), "--peer", str(tmp_path)], "no adapter.py there")):  # fmt: skip
-        proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+        command, where = tool_command("triton_trace", *argv)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, **where)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]

@@ -15,7 +15,8 @@ import torch
 from .. import ops
 from ..environment import describe_device, git_commit, versions
 from ..ops import _torch_impl
-from .timing import copy_bandwidth_gbs, median_ms, msda_forward_bytes, rel_err
+from .agreement import rel_err
+from .timing import copy_bandwidth_gbs, median_ms, msda_forward_bytes
 
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
 HEADS, HEAD_DIM, POINTS, D_MODEL = 8, 32, 4, 256
@@ -229,8 +230,9 @@ def _contrastive_rows(case, batch, dtype, device, repeats, backends):
             for op_name, op, baseline, base_ms, reference in suites:
                 out = op(vision, text, mask, bias=bias, backend=b)
                 ms = median_ms(lambda: op(vision, text, mask, bias=bias, backend=b), device, repeats)
+                # Masked tokens are -inf in both.
                 rows.append(Row(op_name, "forward", case, batch, dname, b, ms, baseline, base_ms, base_ms / ms,
-                                rel_err(out, reference)))  # fmt: skip
+                                rel_err(out, reference, finite_only=True)))  # fmt: skip
     return rows
 
 
@@ -317,11 +319,15 @@ def _end_to_end_batch(device, case, batch, dtypes, repeats, log, height, width):
     return rows
 
 
+def has_native_bf16(device):
+    """Whether the device computes bfloat16 natively: a GPU, or a CPU with AVX512_BF16 (oneDNN's bf16 matrix
+    products; elsewhere bf16 is emulated and slower than float32)."""
+    return device.type == "cuda" or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def default_dtypes(device):
-    """float32, and bfloat16 where the device computes it natively: a GPU, or a CPU with AVX512_BF16 (oneDNN's bf16
-    matrix products; elsewhere bf16 is emulated and slower than float32)."""
-    native = device.type == "cuda" or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return [torch.float32, torch.bfloat16] if native else [torch.float32]
+    """float32, and bfloat16 where the device computes it natively."""
+    return [torch.float32, torch.bfloat16] if has_native_bf16(device) else [torch.float32]
 
 
 def run_end_to_end(device=None, repeats=3, log=print, batches=None, dtypes=None, height=800, width=1333):

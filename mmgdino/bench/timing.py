@@ -1,4 +1,5 @@
-"""Timing: medians of one call, GPU time without Python's launch overhead, bandwidth and error figures."""
+"""Timing: the median of one call (the one timer of every benchmark), GPU time without Python's launch overhead, and
+bandwidth figures."""
 
 import statistics
 import time
@@ -61,10 +62,3 @@ def msda_forward_bytes(value, loc, attn):
     """The fewest bytes an MSDA forward moves: every input read once, the output written once."""
     out_bytes = loc.shape[0] * loc.shape[1] * value.shape[2] * value.shape[3] * value.element_size()
     return sum(t.numel() * t.element_size() for t in (value, loc, attn)) + out_bytes
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    finite = torch.isfinite(ref)
-    out, ref = out[finite], ref[finite]
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()

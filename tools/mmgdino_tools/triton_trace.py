@@ -1,5 +1,5 @@
 """Memory traffic of the Triton kernels, counted in Triton's interpreter (TRITON_INTERPRET=1), in the counters'
-format of the CUDA trace build (tests/cuda_emulator/trace.cpp) so that benchmarks/gpu_model.py models both alike.
+format of the CUDA trace build (cuda_emulator/trace.cpp) so that gpu_model models both alike.
 
 The interpreter hands every tl.load / tl.store / tl.atomic_* its whole block of pointers and mask, so a program's
 addresses are known exactly. What it does not know is how the compiled kernel splits a block into warp
@@ -9,15 +9,17 @@ contiguous in memory (else one element), 32 lanes per warp instruction; masked-o
 is a thread block: its repeated reads of a sector count once towards L2 (the L1 model of trace.cpp). For the L2,
 each program's loaded and atomically updated sectors are replayed in the GPU's launch order (program id 0
 fastest; the interpreter runs them in another order) through the reuse-distance histogram of trace.cpp
-(tests/cuda_emulator/reuse.h). Shared memory (layout conversions) is not counted.
+(cuda_emulator/reuse.h). Shared memory (layout conversions) is not counted.
 
-    python tests/triton_trace.py forward|backward INPUTS.pt [--peer DIR]   (prints the counters as JSON)
+    TRITON_INTERPRET=1 PYTHONPATH=tools python -P -m mmgdino_tools.triton_trace forward|backward INPUTS.pt [--peer DIR]
+
+prints the counters as JSON.
 
 INPUTS.pt: torch.save of {value, spatial_shapes, level_start_index, sampling_locations, attention_weights} (CPU
 tensors, our layout). --peer DIR: another implementation's Triton kernels behind DIR/adapter.py, which defines
 forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) and
 backward(grad_output, <the same five>); DIR is put first on the import path. Peers are never part of this
-repository (see benchmarks/gpu_model.py --peer).
+repository (see gpu_model --peer).
 """
 
 import argparse
@@ -31,6 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from .emulator_build import build_reuse
 
 SECTOR, LINE, LANES, VECTOR_BYTES = 32, 128, 32, 16
 KINDS = ("load", "store", "atomic")
@@ -117,9 +121,7 @@ class Counter:
 def reuse_distances(sectors):
     """The reuse-distance histogram of a sector stream, by the emulator's own counter (reuse.h), in C++: a stream
     has tens of millions of touches."""
-    import cuda_emulation
-
-    proc = subprocess.run([str(cuda_emulation.build_reuse())], input=sectors.tobytes(), capture_output=True)
+    proc = subprocess.run([str(build_reuse())], input=sectors.tobytes(), capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"simt_reuse failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
     return json.loads(proc.stdout)
@@ -179,7 +181,7 @@ def trace_msda(value, spatial_shapes, level_start_index, sampling_locations, att
     """Counters of one Triton MSDA launch (forward, or backward with grad_output) on CPU tensors: ours, or with
     `peer` (a folder) the peer's."""
     if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("set TRITON_INTERPRET=1 before importing triton (run this module as a script)")
+        raise RuntimeError("set TRITON_INTERPRET=1 before importing triton (run this module with python -m)")
     if peer is None:
         import torch
 
@@ -208,7 +210,7 @@ INPUT_NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locatio
 
 def grad_output_for(value, sampling_locations):
     """A random gradient of the output, [batch, queries, heads * head_dim] in value's dtype: what a traced backward
-    takes (here and in benchmarks/gpu_model.py's CUDA traces)."""
+    takes (here and in gpu_model's CUDA traces)."""
     import torch
 
     batch, _, heads, head_dim = value.shape
@@ -220,7 +222,7 @@ def main(argv):
 
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mmgdino_tools.triton_trace", description=__doc__.splitlines()[0])
     parser.add_argument("direction", choices=("forward", "backward"))
     parser.add_argument("inputs", help="torch.save of the five input tensors by name")
     parser.add_argument("--peer", metavar="DIR", help="a Triton peer's folder (DIR/adapter.py)")

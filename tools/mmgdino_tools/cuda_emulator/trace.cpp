@@ -1,5 +1,5 @@
 // Memory-traffic counters for the emulated kernels: what Nsight Compute's memory metrics would count, exactly,
-// from the unchanged kernels. Only in the trace build (tests/cuda_emulation.py build_trace()): the kernel units
+// from the unchanged kernels. Only in the trace build (emulator_build.py build_trace()): the kernel units
 // are compiled with GCC's kernel-address instrumentation in outlined mode, so every load and store calls the
 // __asan_{load,store}N_noabort hooks below with its address and size, and __builtin_return_address gives the
 // instruction (call site). This file and the scheduler are not instrumented.
@@ -12,7 +12,7 @@
 // storage (where __shared__ lives in the emulator); anything else (stack, kernel arguments) is registers.
 //
 // The L2 estimate: every load's and atomic's distinct sectors, block after block in launch order, feed a histogram
-// of reuse distances (reuse.h), from which benchmarks/gpu_model.py reads the hits of an LRU cache of each target's
+// of reuse distances (reuse.h), from which gpu_model reads the hits of an LRU cache of each target's
 // L2 size. A GPU runs many blocks at once, so reuse distances are somewhat longer there; with working sets under the
 // L2 size the misses are the compulsory ones either way.
 #include <stdint.h>

@@ -1,7 +1,12 @@
-"""Compiles every Triton kernel for sm_80 and sm_90 without a GPU (Triton ships ptxas). Run as a script, in a
-process without TRITON_INTERPRET (under the interpreter @triton.jit builds no compilable kernel).
+"""Compiles every Triton kernel for sm_80 and sm_90 without a GPU (Triton ships ptxas). Run it in a process without
+TRITON_INTERPRET (under the interpreter @triton.jit builds no compilable kernel):
 
-`instantiations()` is also what benchmarks/cuda_resources.py budgets: the configurations the dispatcher launches.
+    PYTHONPATH=tools python -P -m mmgdino_tools.triton_aot_compile
+
+Prints OK, or "SKIP: no NVIDIA compiler for Triton here: ..." where this Triton cannot compile for NVIDIA GPUs at
+all (no NVIDIA backend, no ptxas); any other failure (a kernel that does not import or compile) exits non-zero.
+
+`instantiations()` is also what cuda_resources budgets: the configurations the dispatcher launches.
 """
 
 import sys
@@ -13,7 +18,6 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 import mmgdino  # noqa: F401  (attaches mmgdino.kernels in a source checkout)
-from mmgdino.ops import _triton
 
 POINTER = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 # The model's shapes: 8 heads x 32 channels, 4 levels x 4 points, prompts of up to 256 tokens.
@@ -75,9 +79,28 @@ def instantiations():
         yield "contrastive_max", dtype, cl._max_kernel, ptrs, common, cl.NUM_WARPS
 
 
+SKIP = "SKIP: no NVIDIA compiler for Triton here"
+
+
+def missing_compiler():
+    """Why this Triton cannot compile for NVIDIA GPUs at all, or None."""
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        return "this Triton has no NVIDIA backend"
+    try:
+        from triton import knobs
+
+        knobs.nvidia.ptxas  # noqa: B018  (Triton's own search: TRITON_PTXAS_PATH, then the ptxas it ships)
+    except Exception as exc:  # a Triton without ptxas fails its search in its own way
+        return f"Triton finds no ptxas ({type(exc).__name__}: {exc})"
+    return None
+
+
 def main():
-    if _triton._error is not None:
-        print(f"SKIP: {_triton._error}")
+    reason = missing_compiler()
+    if reason is not None:
+        print(f"{SKIP}: {reason}")
         return 0
     for capability in (80, 90):
         for _name, _dtype, fn, signature, constexprs, num_warps in instantiations():

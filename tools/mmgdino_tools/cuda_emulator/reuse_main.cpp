@@ -1,5 +1,5 @@
 // The reuse-distance histogram (reuse.h) of a stream of sector numbers, for traces counted outside the emulator
-// (tests/triton_trace.py). stdin: little-endian uint64 sectors in access order; stdout: the histogram's JSON.
+// (triton_trace.py). stdin: little-endian uint64 sectors in access order; stdout: the histogram's JSON.
 #include <stdint.h>
 #include <stdio.h>
 

@@ -1,7 +1,7 @@
 // Reuse distances of a stream of 32-byte sectors: for every touch, how many distinct other sectors were touched
 // since the same sector's previous touch (its LRU stack distance). A fully associative LRU cache of C sectors hits
 // exactly the touches whose distance is below C, so one pass answers every cache size: the trace reports the
-// histogram and benchmarks/gpu_model.py reads each target's L2 hits from it (its table holds the L2 sizes).
+// histogram and gpu_model reads each target's L2 hits from it (its table holds the L2 sizes).
 //
 // Distances are counted with a Fenwick tree over time slots that holds a 1 at each sector's latest touch: the
 // distance of a touch is the number of 1s after its sector's previous slot. When the slots run out, the live ones

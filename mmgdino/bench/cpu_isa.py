@@ -2,7 +2,7 @@
 its own process (MMGDINO_CPU_ISA), timing the fast paths in float32, bfloat16 and float16 on the tiny model's cases at
 800x1333 (encoder: 22,223 queries; decoder: 900; 8 heads x 32 channels, 4 levels x 4 points; 16 tokens).
 
-    python benchmarks/cpu_isa.py --out benchmarks/results/cpu-isa
+    python -m mmgdino.bench.cpu_isa --out benchmarks/results/cpu-isa
 
 Writes <out>.json, <out>.md and <out>.png (device, commit, versions; ms per call, median).
 """
@@ -13,11 +13,15 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from mmgdino.environment import describe_device, git_commit, versions
+from .. import _extension, ops
+from ..environment import describe_device, git_commit, versions
+from .cases import HEAD_DIM, HEADS, contrastive_inputs, msda_inputs
+from .timing import median_ms as timed
 
 ISAS = ("baseline", "avx2", "avx512", "avx512_bf16")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -25,10 +29,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def measure(repeats):
     """In the child: {"isa", "ms": {"<op> <dtype>": median ms}}."""
-    from mmgdino import _extension, ops
-    from mmgdino.bench.cases import HEAD_DIM, HEADS, contrastive_inputs, msda_inputs
-    from mmgdino.bench.timing import median_ms as timed
-
     cpu = torch.device("cpu")
 
     def median_ms(fn, n):
@@ -101,7 +101,7 @@ def plot(report, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mmgdino.bench.cpu_isa", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="cpu-isa")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the builds")
@@ -116,8 +116,11 @@ def main():
     for round_ in range(args.rounds):
         for isa in ISAS:
             env = {**os.environ, "MMGDINO_CPU_ISA": isa}
-            done = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)], env=env,
-                                  capture_output=True, text=True, check=True)  # fmt: skip
+            # cwd elsewhere: `-m` puts the working directory on sys.path, where a checkout's mmgdino/ would shadow
+            # the installed package.
+            child = [sys.executable, "-m", "mmgdino.bench.cpu_isa", "--child", "--repeats", str(args.repeats)]
+            done = subprocess.run(child, env=env, capture_output=True, text=True, check=True,
+                                  cwd=tempfile.gettempdir())  # fmt: skip
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if result["isa"] != isa:
                 print(f"{isa}: this CPU cannot run it (it gave {result['isa']}); skipped", file=sys.stderr)
