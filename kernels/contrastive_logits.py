@@ -44,7 +44,7 @@ def _dot_tile(
 
 
 @triton.jit
-def _fwd_kernel(
+def logits_kernel(
     vision_ptr,
     text_ptr,
     mask_ptr,
@@ -106,7 +106,7 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _max_kernel(
+def max_kernel(
     vision_ptr,
     text_ptr,
     mask_ptr,
@@ -180,7 +180,7 @@ def contrastive_logits_fwd(wrap, vision, text, mask, bias, scale, out, accumulat
     num_tokens = text.shape[1]
     cfg = launch_config(vision, num_tokens, accumulate)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
-    wrap(_fwd_kernel)[grid](
+    wrap(logits_kernel)[grid](
         vision,
         text,
         mask,
@@ -202,4 +202,4 @@ def contrastive_max_fwd(wrap, vision, text, mask, bias, scale, out, accumulate):
     num_tokens = text.shape[1]
     cfg = launch_config(vision, num_tokens, accumulate)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_N"]), batch)
-    wrap(_max_kernel)[grid](vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, num_warps=NUM_WARPS, **cfg)
+    wrap(max_kernel)[grid](vision, text, mask, bias, out, scale, num_rows, num_tokens, dim, num_warps=NUM_WARPS, **cfg)

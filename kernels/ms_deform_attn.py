@@ -49,7 +49,7 @@ def _corner_valid(touches, h, w, height, width, start, num_values):
 
 
 @triton.jit
-def _fwd_kernel(
+def forward_kernel(
     value_ptr,
     shapes_ptr,
     starts_ptr,
@@ -99,7 +99,7 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_kernel(
+def backward_kernel(
     grad_out_ptr,
     value_ptr,
     shapes_ptr,
@@ -202,7 +202,7 @@ def ms_deform_attn_fwd(
     interpret=False,
 ):
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
-    wrap(_fwd_kernel)[grid](
+    wrap(forward_kernel)[grid](
         value,
         spatial_shapes,
         level_start_index,
@@ -229,7 +229,7 @@ def ms_deform_attn_bwd(
     interpret=False,
 ):
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
-    wrap(_bwd_kernel)[grid](
+    wrap(backward_kernel)[grid](
         grad_out,
         value,
         spatial_shapes,

@@ -6,6 +6,7 @@ from .. import _extension  # noqa: F401  (loads mmgdino._C: CPU / CUDA kernels)
 
 # isort: on
 from ._backends import BACKENDS, OPS, TABLE, available_backends, unavailable_reasons
+from ._library import register_contrastive_logits_autograd, register_ms_deform_attn_autograd
 from .contrastive import contrastive_logits, contrastive_max
 from .ms_deform_attn import ms_deform_attn
 
@@ -17,5 +18,7 @@ __all__ = [
     "contrastive_logits",
     "contrastive_max",
     "ms_deform_attn",
+    "register_contrastive_logits_autograd",
+    "register_ms_deform_attn_autograd",
     "unavailable_reasons",
 ]

@@ -30,7 +30,7 @@ _lib.impl("contrastive_max", _torch_impl.contrastive_max, "CompositeExplicitAuto
 
 
 @torch.library.register_fake("mmgdino::ms_deform_attn")
-def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     batch, _, num_heads, head_dim, num_queries, _, _ = _checks.check_ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
@@ -38,7 +38,7 @@ def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_loca
 
 
 @torch.library.register_fake("mmgdino::ms_deform_attn_backward")
-def _ms_deform_attn_backward_fake(
+def ms_deform_attn_backward_fake(
     grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
 ):
     dims = _checks.check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
@@ -51,7 +51,7 @@ def _ms_deform_attn_backward_fake(
 
 
 @torch.library.register_fake("mmgdino::contrastive_logits")
-def _contrastive_logits_fake(vision, text, text_token_mask, bias, scale, max_text_len):
+def contrastive_logits_fake(vision, text, text_token_mask, bias, scale, max_text_len):
     batch, num_rows, num_tokens, _ = _checks.check_contrastive(vision, text, text_token_mask, bias)
     torch._check(
         max_text_len >= num_tokens,
@@ -61,7 +61,7 @@ def _contrastive_logits_fake(vision, text, text_token_mask, bias, scale, max_tex
 
 
 @torch.library.register_fake("mmgdino::contrastive_max")
-def _contrastive_max_fake(vision, text, text_token_mask, bias, scale):
+def contrastive_max_fake(vision, text, text_token_mask, bias, scale):
     batch, num_rows, _, _ = _checks.check_contrastive(vision, text, text_token_mask, bias)
     return vision.new_empty((batch, num_rows), dtype=_checks.accumulate_dtype(vision.dtype))
 

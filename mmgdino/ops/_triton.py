@@ -155,7 +155,7 @@ if _error is None:
 
     # The Triton ops share the fake kernels of the compiled ones: the interpreter would otherwise run the kernel
     # body on fake tensors.
-    ms_deform_attn_triton.register_fake(_library._ms_deform_attn_fake)
-    ms_deform_attn_backward_triton.register_fake(_library._ms_deform_attn_backward_fake)
-    contrastive_logits_triton.register_fake(_library._contrastive_logits_fake)
-    contrastive_max_triton.register_fake(_library._contrastive_max_fake)
+    ms_deform_attn_triton.register_fake(_library.ms_deform_attn_fake)
+    ms_deform_attn_backward_triton.register_fake(_library.ms_deform_attn_backward_fake)
+    contrastive_logits_triton.register_fake(_library.contrastive_logits_fake)
+    contrastive_max_triton.register_fake(_library.contrastive_max_fake)

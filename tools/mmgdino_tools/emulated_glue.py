@@ -18,7 +18,7 @@ def load_glue_extension(cache_dir=None):
     schemas, fake kernels and autograd are mmgdino's own, registered here for the renamed operators."""
     from torch.utils import cpp_extension
 
-    from mmgdino.ops import _library
+    from mmgdino import ops
 
     if hasattr(torch.ops, "mmgdino_simt") and hasattr(torch.ops.mmgdino_simt, "ms_deform_attn"):
         return torch.ops.mmgdino_simt
@@ -53,10 +53,8 @@ def load_glue_extension(cache_dir=None):
         _GLUE_LIBRARY.define(schema.split("::", 1)[1])
         # mmgdino's own fake kernel: the mmgdino operator called on the fake tensors runs it.
         torch.library.register_fake(f"mmgdino_simt::{name}", getattr(torch.ops.mmgdino, name), lib=_GLUE_LIBRARY)
-    _library.register_ms_deform_attn_autograd(
-        "mmgdino_simt::ms_deform_attn", torch.ops.mmgdino_simt.ms_deform_attn_backward
-    )
-    _library.register_contrastive_logits_autograd("mmgdino_simt::contrastive_logits")
+    ops.register_ms_deform_attn_autograd("mmgdino_simt::ms_deform_attn", torch.ops.mmgdino_simt.ms_deform_attn_backward)
+    ops.register_contrastive_logits_autograd("mmgdino_simt::contrastive_logits")
     return torch.ops.mmgdino_simt
 
 

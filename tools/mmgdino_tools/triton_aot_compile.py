@@ -49,7 +49,7 @@ def instantiations():
             "attn_ptr": p,
             "out_ptr": p,
         }
-        yield "msda_forward", dtype, msda._fwd_kernel, {**fwd, **msda_scalars}, constexprs, msda_warps
+        yield "msda_forward", dtype, msda.forward_kernel, {**fwd, **msda_scalars}, constexprs, msda_warps
         bwd = {
             "grad_out_ptr": p,
             "value_ptr": p,
@@ -61,7 +61,7 @@ def instantiations():
             "grad_loc_ptr": p,
             "grad_attn_ptr": p,
         }
-        yield "msda_backward", dtype, msda._bwd_kernel, {**bwd, **msda_scalars}, constexprs, msda_warps
+        yield "msda_backward", dtype, msda.backward_kernel, {**bwd, **msda_scalars}, constexprs, msda_warps
         common = cl.launch_config(torch.empty(0, dtype=getattr(torch, dtype)), NUM_TOKENS, tl.float32)
         ptrs = {
             "vision_ptr": p,
@@ -75,8 +75,8 @@ def instantiations():
             "dim": "i32",
         }
         logits = {**ptrs, "max_text_len": "i32"}
-        yield "contrastive_logits", dtype, cl._fwd_kernel, logits, {**common, "BLOCK_PAD": 64}, cl.NUM_WARPS
-        yield "contrastive_max", dtype, cl._max_kernel, ptrs, common, cl.NUM_WARPS
+        yield "contrastive_logits", dtype, cl.logits_kernel, logits, {**common, "BLOCK_PAD": 64}, cl.NUM_WARPS
+        yield "contrastive_max", dtype, cl.max_kernel, ptrs, common, cl.NUM_WARPS
 
 
 SKIP = "SKIP: no NVIDIA compiler for Triton here"
