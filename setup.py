@@ -10,7 +10,10 @@ Switches (environment variables):
   CUDA_HOME / CUDA_PATH    the CUDA toolkit; otherwise found from nvcc itself, /usr/local/cuda or pip's nvidia
                            packages (torch's own guess fails when `nvcc` on PATH is a wrapper script)
 
-Build with `pip install --no-build-isolation .` so the extension matches the torch already installed.
+The extension uses LibTorch's stable ABI and CPython's limited API only: one build (a cp310-abi3 wheel) runs with
+every torch from mmgdino._cuda_build.TORCH_TARGET on and every CPython from 3.10 on. Build it with
+`pip wheel --no-build-isolation --no-deps .` (or `pip install --no-build-isolation .`) against any such torch; a CUDA
+build needs torch's CUDA build and a CUDA toolkit of the same major version.
 """
 
 import glob
@@ -36,6 +39,8 @@ def _load_cuda_build():
 
 cuda_build = _load_cuda_build()
 CXX_STANDARD = cuda_build.CXX_STANDARD
+TORCH_TARGET_RELEASE = "{}.{}".format(*cuda_build.TORCH_TARGET)
+PYTHON_TARGET_RELEASE = "{}.{}".format(*cuda_build.PYTHON_TARGET)
 
 
 def _flag(name):
@@ -80,16 +85,18 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", CXX_STANDARD, "-fopenmp", "-Wno-psabi"]
-    # -fopenmp matters: ATen's parallel_for is a header template that parallelizes only under _OPENMP.
+    # No -fopenmp: the kernels parallelize through torch's own thread pool (the stable parallel_for). Hidden
+    # visibility: the module exports PyInit__C only (and stable::Tensor, which our structs hold, is hidden).
+    cxx_flags = ["-O3", CXX_STANDARD, "-Wno-psabi", "-fvisibility=hidden"]
     extra = {"cxx": cxx_flags}
-    define_macros = []
+    define_macros = [cuda_build.torch_target_macro()]
     if build_cuda:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ:
             local = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
             os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_build.with_local_gpus(cuda_build.DEFAULT_ARCH_LIST, local)
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         define_macros.append(("MMGDINO_WITH_CUDA", None))
+        define_macros.append(("USE_CUDA", None))  # declares the CUDA shims of the stable ABI (the current stream)
         # Recorded in the binary for `mmgdino info` and for the "not built for this GPU" error; "_" separates
         # the entries because ";" and quotes would not survive the shell of the ninja build.
         arch_tokens = os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").strip(";").replace(";", "_")
@@ -100,7 +107,8 @@ def _extensions():
         ext_type = CppExtension
     print(
         "mmgdino build configuration:\n"
-        f"  torch          {torch.__version__} (CUDA {torch.version.cuda})\n"
+        f"  torch          {torch.__version__} (CUDA {torch.version.cuda}); the build runs with torch >= "
+        f"{TORCH_TARGET_RELEASE} (stable ABI), CPython >= {PYTHON_TARGET_RELEASE} (abi3)\n"
         f"  CUDA kernels   {'yes' if build_cuda else 'no'} ({reason})\n"
         f"  CUDA toolkit   {cuda_home or '-'}\n"
         f"  arch list      {os.environ.get('TORCH_CUDA_ARCH_LIST', '-') if build_cuda else '-'}\n"
@@ -114,10 +122,11 @@ def _extensions():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
     )
     build_record = {
         "torch": torch.__version__,
+        "torch_min": TORCH_TARGET_RELEASE,
         "torch_cuda": torch.version.cuda,
         "cuda_kernels": build_cuda,
         "why": reason,
@@ -157,4 +166,7 @@ setup(
     package_dir={"mmgdino": "mmgdino", "mmgdino.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # The wheel's tag: cp310-abi3 (the module init uses the limited API; torch's BuildExtension defines
+    # Py_LIMITED_API for 3.10 with py_limited_api=True).
+    options={"bdist_wheel": {"py_limited_api": "cp{}{}".format(*cuda_build.PYTHON_TARGET)}} if ext_modules else {},
 )

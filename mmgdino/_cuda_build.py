@@ -1,8 +1,8 @@
-"""How the compiled kernels are built: the compiler flags, where the CUDA toolkit is, CUDA architecture lists
-(TORCH_CUDA_ARCH_LIST syntax) and whether a build's kernels run on a GPU.
+"""How the compiled kernels are built: the torch and Python releases they target, the compiler flags, where the CUDA
+toolkit is, CUDA architecture lists (TORCH_CUDA_ARCH_LIST syntax) and whether a build's kernels run on a GPU.
 
 Standard library only: setup.py loads this file directly, before mmgdino or its extension exist. The flags are
-stated once here for the extension, CI's resource budget (benchmarks/cuda_resources.py) and the emulated builds of
+stated once here for the extension, CI's resource budget (mmgdino_tools.cuda_resources) and the emulated builds of
 the tests.
 """
 
@@ -17,6 +17,20 @@ CXX_STANDARD = "-std=c++20"
 NVCC_FLAGS = ["-O3", CXX_STANDARD, "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
 # Where toolkits are installed when nothing else says (tried after CUDA_HOME, CUDA_PATH and nvcc on PATH).
 STANDARD_LOCATIONS = ("/usr/local/cuda",)
+# The oldest torch the compiled kernels run with. They use LibTorch's stable ABI only, as of this release
+# (TORCH_TARGET_VERSION): 2.10 is the first whose stable surface has all they need (parallel_for, empty and to with
+# a dtype and device, contiguous, typed data pointers). One build then runs with this and every later torch.
+TORCH_TARGET = (2, 10)
+# The oldest CPython the module init serves: it uses the limited API only (Py_LIMITED_API), so one cp310-abi3
+# build serves 3.10 and later.
+PYTHON_TARGET = (3, 10)
+
+
+def torch_target_macro():
+    """The TORCH_TARGET_VERSION define: major and minor in the top two bytes, as torch/csrc/stable/version.h
+    spells its TORCH_VERSION_X_Y_0."""
+    major, minor = TORCH_TARGET
+    return ("TORCH_TARGET_VERSION", f"0x{major:02x}{minor:02x}000000000000")
 
 
 def usable_toolkit(root):

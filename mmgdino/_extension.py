@@ -1,17 +1,21 @@
 """Loads the compiled extension mmgdino._C, remembering why it is missing instead of failing the import.
 
-A library built against another torch would fail with an undefined-symbol traceback (or worse, load and crash),
-so the build record setup.py writes beside it (_C.build.json) is checked first, and a mismatch is one line.
+The library uses LibTorch's stable ABI, so it runs with any torch from the release it targets on; what it cannot
+survive (a torch older than that, CUDA kernels under a CPU torch or a torch of another CUDA major version) would
+fail with an undefined-symbol or missing-library traceback, so the build record setup.py writes beside it
+(_C.build.json) is checked first, and a mismatch is one line.
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
 
 _C = None
 load_error = None
-# What setup.py recorded: torch version, whether CUDA kernels were built and why not, arch list, toolkit.
+# What setup.py recorded: the torch it was built against and the oldest it runs with, whether CUDA kernels were
+# built and why not, arch list, toolkit.
 build_record = {}
 
 _record_path = Path(__file__).with_name("_C.build.json")
@@ -21,9 +25,13 @@ if _record_path.is_file():
     except (OSError, ValueError):
         build_record = {}
 
+_REBUILD = "or rebuild mmgdino for it: pip install --no-build-isolation --force-reinstall --no-deps mmgdino"
+
 
 def _release(version):
-    return version.split("+")[0]
+    """(major, minor) of "2.14.1+cu130", "2.10.0a0+git1234", "13.0"."""
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _torch_mismatch(record):
@@ -31,11 +39,32 @@ def _torch_mismatch(record):
     built = record.get("torch")
     if not built:
         return None
-    if _release(built) != _release(torch.__version__) or (record.get("cuda_kernels") and torch.version.cuda is None):
+    installed = torch.__version__
+    oldest = record.get("torch_min")
+    if oldest is None:  # built before the stable ABI (an older checkout's build): its own torch release only
+        if _release(built) != _release(installed):
+            return (
+                f"mmgdino's compiled kernels were built against torch {built} but torch {installed} is installed; "
+                f"install torch=={built.split('+')[0]} {_REBUILD}"
+            )
+    elif _release(installed) < _release(oldest):
         return (
-            f"mmgdino's compiled kernels were built against torch {built} but torch {torch.__version__} is installed; "
-            f"install torch=={_release(built)} (the CUDA build: {'yes' if record.get('cuda_kernels') else 'either'}) "
-            "or rebuild mmgdino for this torch: pip install --no-build-isolation --force-reinstall --no-deps mmgdino"
+            f"mmgdino's compiled kernels need torch >= {oldest} (LibTorch's stable ABI as of {oldest}) but torch "
+            f"{installed} is installed; upgrade torch {_REBUILD}"
+        )
+    if not record.get("cuda_kernels"):
+        return None
+    built_cuda = _release(record.get("torch_cuda"))
+    runtime = f"CUDA {built_cuda[0]}" if built_cuda else "CUDA"
+    if torch.version.cuda is None:
+        return (
+            f"mmgdino's CUDA kernels (built against torch {built}) need a {runtime} build of torch but torch "
+            f"{installed} is a CPU build; install torch's {runtime} build {_REBUILD}"
+        )
+    if built_cuda and built_cuda[0] != _release(torch.version.cuda)[0]:
+        return (
+            f"mmgdino's CUDA kernels were built for {runtime} but torch {installed} uses CUDA {torch.version.cuda} "
+            f"(another CUDA runtime); install torch's {runtime} build {_REBUILD}"
         )
     return None
 

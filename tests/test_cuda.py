@@ -49,6 +49,23 @@ def test_no_host_sync(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_runs_on_the_inputs_gpu_not_the_current_one(backend):
+    """The CUDA glue switches to the inputs' device and launches on that device's current stream (the stable ABI's
+    device guard and stream shim): inputs on cuda:1 while cuda:0 is current."""
+    _available(backend)
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    cpu_inputs = msda_inputs(head_dim=32, queries=64)
+    vision, text, mask = contrastive_inputs(dim=64)
+    with torch.cuda.device(0):
+        out = ops.ms_deform_attn(*(t.to("cuda:1") for t in cpu_inputs), backend=backend)
+        best = ops.contrastive_max(vision.to("cuda:1"), text.to("cuda:1"), mask.to("cuda:1"), backend=backend)
+    assert out.device == torch.device("cuda:1") and best.device == torch.device("cuda:1")
+    assert rel_err(out.cpu(), ops.ms_deform_attn(*cpu_inputs, backend="torch")) <= TOLERANCE[torch.float32]
+    torch.testing.assert_close(best.cpu(), ops.contrastive_max(vision, text, mask, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_cuda_graph_capture_and_replay(backend):
     _available(backend)
     value, shapes, starts, loc, attn = msda_inputs(device="cuda", head_dim=32, queries=128)

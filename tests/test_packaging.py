@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -201,23 +202,72 @@ def test_forced_cuda_build_on_cpu_torch_fails_in_one_line(tmp_path):
     ]
 
 
+STABLE_CPU = {"torch": "2.13.0+cpu", "torch_min": "2.10", "torch_cuda": None, "cuda_kernels": False}
+STABLE_CUDA = {"torch": "2.14.1+cu130", "torch_min": "2.10", "torch_cuda": "13.0", "cuda_kernels": True}
+
+
 @pytest.mark.parametrize(
-    "record, installed_torch, installed_cuda, ok",
+    "record, installed_torch, installed_cuda, refused_because",
     [
-        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.13.0+cu130", "13.0", True),
-        ({"torch": "2.13.0+cpu", "cuda_kernels": False}, "2.13.0+cu130", "13.0", True),  # CPU kernels, CUDA torch
-        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.13.0+cpu", None, False),  # needs libc10_cuda
-        ({"torch": "2.13.0+cu130", "cuda_kernels": True}, "2.14.1+cu130", "13.0", False),  # another ABI
-        ({}, "2.14.1", None, True),  # no record (a checkout built before records existed): nothing to compare
+        (STABLE_CPU, "2.13.0+cpu", None, None),
+        (STABLE_CPU, "2.10.0+cu128", "12.8", None),  # the oldest the stable ABI target allows
+        (STABLE_CPU, "2.14.1+cu130", "13.0", None),  # newer releases: the stable ABI holds
+        (STABLE_CPU, "3.1.0", None, None),
+        (STABLE_CPU, "2.9.1+cpu", None, "need torch >= 2.10"),
+        (STABLE_CUDA, "2.11.0+cu130", "13.0", None),
+        (STABLE_CUDA, "2.13.0+cpu", None, "is a CPU build"),  # needs libcudart and torch's CUDA shims
+        (STABLE_CUDA, "2.10.0+cu128", "12.8", "another CUDA runtime"),  # libcudart.so.13 is not there
+        (STABLE_CUDA, "2.9.1+cu130", "13.0", "need torch >= 2.10"),
+        # Built before the stable ABI (no torch_min): that build's own release only.
+        ({"torch": "2.13.0+cpu", "cuda_kernels": False}, "2.13.0+cu130", "13.0", None),
+        ({"torch": "2.13.0+cpu", "cuda_kernels": False}, "2.14.1+cu130", "13.0", "install torch==2.13.0"),
+        ({}, "2.14.1", None, None),  # no record (never built, or built without one): nothing to compare
     ],
 )
-def test_extension_built_for_another_torch_is_one_line(record, installed_torch, installed_cuda, ok, monkeypatch):
+def test_extension_guard_refuses_only_what_cannot_load(
+    record, installed_torch, installed_cuda, refused_because, monkeypatch
+):
     from mmgdino import _extension
 
     monkeypatch.setattr(_extension.torch, "__version__", installed_torch)
     monkeypatch.setattr(_extension.torch.version, "cuda", installed_cuda)
     message = _extension._torch_mismatch(record)
-    if ok:
+    if refused_because is None:
         assert message is None
     else:
-        assert record["torch"] in message and installed_torch in message and "\n" not in message
+        assert refused_because in message and installed_torch in message and "\n" not in message
+
+
+def test_build_records_the_stable_abi_target():
+    """The record the import guard reads names the oldest torch the build targets (TORCH_TARGET_VERSION)."""
+    from mmgdino import _cuda_build, _extension
+
+    if not _extension.has_cpu_kernels:
+        pytest.skip("extension not built")
+    assert _extension.build_record["torch_min"] == "{}.{}".format(*_cuda_build.TORCH_TARGET)
+    assert _cuda_build.torch_target_macro() == ("TORCH_TARGET_VERSION", "0x020a000000000000")
+    # One module for every CPython from the target on: the limited API's file name, not cpython-3XX.
+    assert Path(_extension._C.__file__).name == "_C.abi3.so"
+
+
+def test_extension_uses_only_the_stable_abi():
+    """No symbol outside LibTorch's stable C shims, and none newer than the target release (CI audits the wheels
+    the same way in .ci/check_abi.py)."""
+    from mmgdino import _cuda_build, _extension
+
+    if not _extension.has_cpu_kernels:
+        pytest.skip("extension not built")
+    pytest.importorskip("torch_abi_audit", reason="the audit extra is not installed")
+    result = _python(
+        f"""
+        import sys
+        from torch_abi_audit.cli import main
+        sys.exit(main(["--json", {_extension._C.__file__!r}]))
+        """,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    (extension,) = json.loads(result.stdout)["extensions"]
+    assert extension["torch"]["stable"] and not extension["torch"]["unstable_symbols"], extension["torch"]
+    assert extension["torch"]["min_torch_version"] == "{}.{}.0".format(*_cuda_build.TORCH_TARGET)
+    assert extension["cpython"]["compliant"], extension["cpython"]

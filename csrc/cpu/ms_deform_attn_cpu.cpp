@@ -1,16 +1,13 @@
 // Multi-scale deformable attention on the CPU. Forward parallelizes over (batch, query) pairs; backward over
 // (batch, head) pairs, whose grad_value slices are disjoint, so it needs no atomics and is deterministic.
-#include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
+#include <atomic>
 #include <vector>
 
 #include "mmgdino/checks.h"
 #include "mmgdino/msda_buffers.h"
 #include "cpu_float.h"
 #include "mmgdino/sampling.h"
+#include "mmgdino/stable.h"
 
 namespace mmgdino {
 namespace {
@@ -63,9 +60,9 @@ inline void weighted_rows_sum(const scalar_t* value_bh, int64_t row_stride, cons
 }
 
 template <typename scalar_t>
-void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
-                      const at::Tensor& weights, at::Tensor& output, const MsdaDims& d) {
-  using acc_t = at::opmath_type<scalar_t>;
+void forward_cpu_impl(const Tensor& value, const MsdaPointers& lv, const Tensor& locations, const Tensor& weights,
+                      Tensor& output, const MsdaDims& d) {
+  using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* value_ptr = value.const_data_ptr<scalar_t>();
   const scalar_t* loc_ptr = locations.const_data_ptr<scalar_t>();
   const scalar_t* attn_ptr = weights.const_data_ptr<scalar_t>();
@@ -73,7 +70,7 @@ void forward_cpu_impl(const at::Tensor& value, const MsdaPointers& lv, const at:
   const int64_t row_stride = d.num_heads * d.head_dim;
   const int64_t points_per_head = d.num_levels * d.num_points;
 
-  at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tap_rows(points_per_head * 4);
     std::vector<acc_t> tap_weights(points_per_head * 4);
     for (int64_t bq = begin; bq < end; ++bq) {
@@ -105,8 +102,8 @@ int fast_path_chunks(const MsdaDims& d) {
 }
 
 template <typename T>
-MsdaArgsT<T> fast_args(const at::Tensor& value, const MsdaPointers& lv, const at::Tensor& locations,
-                       const at::Tensor& weights, const MsdaDims& d) {
+MsdaArgsT<T> fast_args(const Tensor& value, const MsdaPointers& lv, const Tensor& locations, const Tensor& weights,
+                       const MsdaDims& d) {
   return MsdaArgsT<T>{static_cast<const T*>(value.const_data_ptr()),
                       lv.shapes,
                       lv.starts,
@@ -119,33 +116,38 @@ MsdaArgsT<T> fast_args(const at::Tensor& value, const MsdaPointers& lv, const at
                       d.num_points};
 }
 
+// An exception must not leave a parallel_for body (it would cross LibTorch's C boundary and lose its message), so
+// a missing fast path is recorded there and reported after.
 template <typename T>
-void forward_fast(int chunks, const MsdaArgsT<T>& args, at::Tensor& output, const MsdaDims& d) {
+void forward_fast(int chunks, const MsdaArgsT<T>& args, Tensor& output, const MsdaDims& d) {
   T* out = static_cast<T*>(output.mutable_data_ptr());
-  at::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
-    const bool ran = MMGDINO_CPU_CALL(forward_rows_any, chunks, args, out, begin, end);
-    TORCH_CHECK(ran, "mmgdino.ms_deform_attn: no CPU fast path for head_dim ", d.head_dim);
+  std::atomic<bool> all_ran{true};
+  torch::stable::parallel_for(0, d.batch * d.num_queries, 16, [&](int64_t begin, int64_t end) {
+    if (!MMGDINO_CPU_CALL(forward_rows_any, chunks, args, out, begin, end)) all_ran = false;
   });
+  MMGDINO_CHECK(all_ran, "mmgdino.ms_deform_attn: no CPU fast path for head_dim ", d.head_dim);
 }
 
 template <typename T>
-void backward_fast(int chunks, const MsdaArgsT<T>& args, const at::Tensor& grad_output, float* grad_value,
-                   MsdaGrads& grads, const MsdaDims& d) {
+void backward_fast(int chunks, const MsdaArgsT<T>& args, const Tensor& grad_output, float* grad_value, MsdaGrads& grads,
+                   const MsdaDims& d) {
   const T* grad = static_cast<const T*>(grad_output.const_data_ptr());
   T* grad_loc = static_cast<T*>(grads.sampling_locations.mutable_data_ptr());
   T* grad_attn = static_cast<T*>(grads.attention_weights.mutable_data_ptr());
-  at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
-    const bool ran =
-        MMGDINO_CPU_CALL(backward_heads_any, chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end);
-    TORCH_CHECK(ran, "mmgdino.ms_deform_attn_backward: no CPU fast path for head_dim ", d.head_dim);
+  std::atomic<bool> all_ran{true};
+  torch::stable::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
+    if (!MMGDINO_CPU_CALL(backward_heads_any, chunks, args, grad, grad_value, grad_loc, grad_attn, begin, end)) {
+      all_ran = false;
+    }
   });
+  MMGDINO_CHECK(all_ran, "mmgdino.ms_deform_attn_backward: no CPU fast path for head_dim ", d.head_dim);
 }
 
 template <typename scalar_t>
-void backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& value, const MsdaPointers& lv,
-                       const at::Tensor& locations, const at::Tensor& weights, at::Tensor& grad_value_acc,
-                       at::Tensor& grad_locations, at::Tensor& grad_weights, const MsdaDims& d) {
-  using acc_t = at::opmath_type<scalar_t>;
+void backward_cpu_impl(const Tensor& grad_output, const Tensor& value, const MsdaPointers& lv, const Tensor& locations,
+                       const Tensor& weights, Tensor& grad_value_acc, Tensor& grad_locations, Tensor& grad_weights,
+                       const MsdaDims& d) {
+  using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* grad_ptr = grad_output.const_data_ptr<scalar_t>();
   const scalar_t* value_ptr = value.const_data_ptr<scalar_t>();
   const scalar_t* loc_ptr = locations.const_data_ptr<scalar_t>();
@@ -156,7 +158,7 @@ void backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& value, c
   const int64_t row_stride = d.num_heads * d.head_dim;
   const int64_t points_per_head = d.num_levels * d.num_points;
 
-  at::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, d.batch * d.num_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> grad(d.head_dim);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / d.num_heads;
@@ -208,15 +210,14 @@ void backward_cpu_impl(const at::Tensor& grad_output, const at::Tensor& value, c
   });
 }
 
-at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                              const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                              const at::Tensor& attention_weights) {
+Tensor ms_deform_attn_cpu(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                          const Tensor& sampling_locations, const Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
+  auto output = torch::stable::new_empty(value, {d.batch, d.num_queries, d.num_heads * d.head_dim});
   if (output.numel() == 0) return output;
   const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
   if (const int chunks = fast_path_chunks(d)) {
@@ -224,45 +225,48 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
     const auto& loc = in.sampling_locations;
     const auto& attn = in.attention_weights;
     switch (value.scalar_type()) {
-      case at::kFloat: forward_fast(chunks, fast_args<float>(v, lv, loc, attn, d), output, d); return output;
-      case at::kBFloat16: forward_fast(chunks, fast_args<Bf16>(v, lv, loc, attn, d), output, d); return output;
-      case at::kHalf:
+      case ScalarType::Float: forward_fast(chunks, fast_args<float>(v, lv, loc, attn, d), output, d); return output;
+      case ScalarType::BFloat16: forward_fast(chunks, fast_args<Bf16>(v, lv, loc, attn, d), output, d); return output;
+      case ScalarType::Half:
         if (!cpu_vectorizes_float16()) break;
         forward_fast(chunks, fast_args<_Float16>(v, lv, loc, attn, d), output, d);
         return output;
       default: break;  // float64: the generic kernel below
     }
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
+  dispatch_floating(value.scalar_type(), "mmgdino.ms_deform_attn", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
     forward_cpu_impl<scalar_t>(in.value, lv, in.sampling_locations, in.attention_weights, output, d);
   });
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+std::tuple<Tensor, Tensor, Tensor> ms_deform_attn_backward_cpu(const Tensor& grad_output, const Tensor& value,
+                                                               const Tensor& spatial_shapes,
+                                                               const Tensor& level_start_index,
+                                                               const Tensor& sampling_locations,
+                                                               const Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad(grad_output, value, d);
   check_level_extents_on_host(spatial_shapes, level_start_index, d.num_values);
-  const auto grad_c = grad_output.contiguous();
+  const auto grad_c = torch::stable::contiguous(grad_output);
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
   if (grads.sampling_locations.numel() > 0 && value.numel() > 0) {
     const MsdaPointers lv{in.spatial_shapes.const_data_ptr<int64_t>(), in.level_start_index.const_data_ptr<int64_t>()};
-    const at::ScalarType dtype = value.scalar_type();
-    const bool fast_dtype =
-        dtype == at::kFloat || dtype == at::kBFloat16 || (dtype == at::kHalf && cpu_vectorizes_float16());
+    const ScalarType dtype = value.scalar_type();
+    const bool fast_dtype = dtype == ScalarType::Float || dtype == ScalarType::BFloat16 ||
+                            (dtype == ScalarType::Half && cpu_vectorizes_float16());
     if (const int chunks = fast_dtype ? fast_path_chunks(d) : 0) {
       float* grad_value = grads.value_acc.mutable_data_ptr<float>();
       switch (dtype) {
-        case at::kFloat:
+        case ScalarType::Float:
           backward_fast(chunks, fast_args<float>(in.value, lv, in.sampling_locations, in.attention_weights, d), grad_c,
                         grad_value, grads, d);
           break;
-        case at::kBFloat16:
+        case ScalarType::BFloat16:
           backward_fast(chunks, fast_args<Bf16>(in.value, lv, in.sampling_locations, in.attention_weights, d), grad_c,
                         grad_value, grads, d);
           break;
@@ -272,11 +276,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
           break;
       }
     } else {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-            backward_cpu_impl<scalar_t>(grad_c, in.value, lv, in.sampling_locations, in.attention_weights,
-                                        grads.value_acc, grads.sampling_locations, grads.attention_weights, d);
-          });
+      dispatch_floating(value.scalar_type(), "mmgdino.ms_deform_attn_backward", [&](auto type_tag) {
+        using scalar_t = decltype(type_tag);
+        backward_cpu_impl<scalar_t>(grad_c, in.value, lv, in.sampling_locations, in.attention_weights, grads.value_acc,
+                                    grads.sampling_locations, grads.attention_weights, d);
+      });
     }
   } else {
     grads.zero_point_grads();
@@ -286,9 +290,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmgdino, CPU, m) {
-  m.impl("ms_deform_attn", &ms_deform_attn_cpu);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(mmgdino, CPU, m) {
+  m.impl("ms_deform_attn", TORCH_BOX(&ms_deform_attn_cpu));
+  m.impl("ms_deform_attn_backward", TORCH_BOX(&ms_deform_attn_backward_cpu));
 }
 
 }  // namespace mmgdino

@@ -1,26 +1,23 @@
 // CUDA dispatch-key kernels of mmgdino::ms_deform_attn and its backward: checks, allocation, the current
 // stream, then the pure-CUDA launchers of ms_deform_attn_kernel.cu. No host syncs: the level table stays on the
 // device and the kernels bounds-guard every read instead of validating it here.
-#include <ATen/ATen.h>
-#include <ATen/Context.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
+#include "mmgdino/determinism.h"
 #include "mmgdino/checks.h"
 #include "mmgdino/msda_buffers.h"
+#include "mmgdino/cuda_context.h"
 #include "mmgdino/cuda_launch.h"
+#include "mmgdino/stable.h"
 #include "launch_error.h"
 
 namespace mmgdino {
 
-cuda::DType cuda_dtype(at::ScalarType t) {
+cuda::DType cuda_dtype(ScalarType t) {
   switch (t) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kHalf: return cuda::DType::kFloat16;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    default: TORCH_CHECK_TYPE(false, "mmgdino: unsupported dtype ", t);
+    case ScalarType::Float: return cuda::DType::kFloat32;
+    case ScalarType::Double: return cuda::DType::kFloat64;
+    case ScalarType::Half: return cuda::DType::kFloat16;
+    case ScalarType::BFloat16: return cuda::DType::kBFloat16;
+    default: throw std::runtime_error(message("mmgdino: unsupported dtype ", dtype_name(t)));
   }
 }
 
@@ -45,32 +42,33 @@ cuda::MsdaForwardArgs forward_args(const MsdaInputs& in, const MsdaDims& d) {
   return a;
 }
 
-at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                               const at::Tensor& attention_weights) {
+Tensor ms_deform_attn_cuda(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                           const Tensor& sampling_locations, const Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  const c10::cuda::CUDAGuard guard(value.device());
+  const CudaDeviceGuard guard(value.get_device_index());
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  auto output = at::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
+  auto output = torch::stable::new_empty(value, {d.batch, d.num_queries, d.num_heads * d.head_dim});
   auto args = forward_args(in, d);
   args.output = output.mutable_data_ptr();
-  const cudaError_t err = cuda::ms_deform_attn_forward(args, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = cuda::ms_deform_attn_forward(args, current_cuda_stream(value.get_device_index()));
   check_launch(err, "mmgdino.ms_deform_attn");
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+std::tuple<Tensor, Tensor, Tensor> ms_deform_attn_backward_cuda(const Tensor& grad_output, const Tensor& value,
+                                                                const Tensor& spatial_shapes,
+                                                                const Tensor& level_start_index,
+                                                                const Tensor& sampling_locations,
+                                                                const Tensor& attention_weights) {
   const MsdaDims d =
       check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_ms_deform_attn_grad(grad_output, value, d);
   // grad_value is scattered with float atomics, so its summation order varies from run to run.
-  at::globalContext().alertNotDeterministic("mmgdino.ms_deform_attn_backward (CUDA)");
-  const c10::cuda::CUDAGuard guard(value.device());
-  const auto grad_c = grad_output.contiguous();
+  alert_not_deterministic("mmgdino.ms_deform_attn_backward (CUDA)");
+  const CudaDeviceGuard guard(value.get_device_index());
+  const auto grad_c = torch::stable::contiguous(grad_output);
   const MsdaInputs in =
       contiguous_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   MsdaGrads grads = allocate_grads(value, sampling_locations, attention_weights);
@@ -83,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   if (d.head_dim == 0 || d.batch * d.num_queries * d.num_heads == 0) {
     grads.zero_point_grads();
   } else {
-    const cudaError_t err = cuda::ms_deform_attn_backward(args, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK_VALUE(err != cudaErrorInvalidValue, "mmgdino.ms_deform_attn_backward: head_dim ", d.head_dim,
-                      " is wider than the CUDA backward supports");
+    const cudaError_t err = cuda::ms_deform_attn_backward(args, current_cuda_stream(value.get_device_index()));
+    MMGDINO_CHECK(err != cudaErrorInvalidValue, "mmgdino.ms_deform_attn_backward: head_dim ", d.head_dim,
+                  " is wider than the CUDA backward supports");
     check_launch(err, "mmgdino.ms_deform_attn_backward");
   }
   return grads.finish(value.scalar_type());
@@ -93,9 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmgdino, MMGDINO_CUDA_DISPATCH_KEY, m) {
-  m.impl("ms_deform_attn", &ms_deform_attn_cuda);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(mmgdino, MMGDINO_CUDA_DISPATCH_KEY, m) {
+  m.impl("ms_deform_attn", TORCH_BOX(&ms_deform_attn_cuda));
+  m.impl("ms_deform_attn_backward", TORCH_BOX(&ms_deform_attn_backward_cuda));
 }
 
 }  // namespace mmgdino

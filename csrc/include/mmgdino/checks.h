@@ -1,8 +1,11 @@
 // Argument validation shared by every compiled backend of the mmgdino operators. Messages name the tensor
-// and the shape expected, in the words of the Python API, and surface in Python as ValueError/TypeError.
+// and the shape expected, in the words of the Python API (mmgdino/ops/_checks.py, which raises ValueError /
+// TypeError before a kernel is reached; a direct torch.ops caller gets the same words as a RuntimeError).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <stdint.h>
+
+#include "mmgdino/stable.h"
 
 namespace mmgdino {
 
@@ -17,17 +20,15 @@ struct MsdaDims {
 };
 
 // Ranks, sizes, dtypes and devices of the ms_deform_attn arguments (reads no tensor data, so no host sync).
-MsdaDims check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                                   const at::Tensor& attention_weights);
+MsdaDims check_ms_deform_attn_args(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                                   const Tensor& sampling_locations, const Tensor& attention_weights);
 
 // grad_output must be (batch, num_queries, num_heads * head_dim) in value's dtype and device.
-void check_ms_deform_attn_grad(const at::Tensor& grad_output, const at::Tensor& value, const MsdaDims& dims);
+void check_ms_deform_attn_grad(const Tensor& grad_output, const Tensor& value, const MsdaDims& dims);
 
 // Reads spatial_shapes / level_start_index (host tensors only) and rejects levels that are empty or
 // reach past value's num_values rows. Device kernels bounds-guard instead, to avoid a host sync.
-void check_level_extents_on_host(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-                                 int64_t num_values);
+void check_level_extents_on_host(const Tensor& spatial_shapes, const Tensor& level_start_index, int64_t num_values);
 
 struct ContrastiveDims {
   int64_t batch;
@@ -36,7 +37,7 @@ struct ContrastiveDims {
   int64_t dim;
 };
 
-ContrastiveDims check_contrastive_args(const at::Tensor& vision, const at::Tensor& text,
-                                       const at::Tensor& text_token_mask, const at::Tensor& bias);
+ContrastiveDims check_contrastive_args(const Tensor& vision, const Tensor& text, const Tensor& text_token_mask,
+                                       const Tensor& bias);
 
 }  // namespace mmgdino
