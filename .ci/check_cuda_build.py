@@ -53,7 +53,7 @@ def main():
             if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
                 failures.append(f"{op} has no {key} kernel")
 
-    library = Path(_extension._C.__file__) if _extension._C is not None else None
+    library = Path(_extension.library_path) if _extension.library_path else None
     if library is not None:
         # The developer tools are not installed: their folder on the path, the working directory outside the
         # checkout (-m would put it on sys.path, where the checkout's mmgdino/ would shadow the wheel).

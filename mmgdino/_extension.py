@@ -84,3 +84,7 @@ has_cuda_kernels = _C is not None and bool(getattr(_C, "with_cuda", 0))
 cuda_arch_list = getattr(_C, "cuda_arch_list", "") if has_cuda_kernels else ""
 # Why the build has no CUDA kernels (CPU torch, no toolkit found, forced), as setup.py decided it.
 why_no_cuda_kernels = None if has_cuda_kernels else build_record.get("why")
+# Which CPU build of the kernels runs here (avx512_bf16, avx512, avx2, baseline; None without the extension).
+cpu_isa = getattr(_C, "cpu_isa", "baseline") if has_cpu_kernels else None
+# Where the library was loaded from (None without it).
+library_path = getattr(_C, "__file__", None)

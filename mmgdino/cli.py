@@ -37,7 +37,7 @@ def _info(args):
         f"{'' if not _extension.build_record else ' against torch ' + _extension.build_record['torch']}"
     )
     if _extension.has_cpu_kernels:
-        isa = getattr(_extension._C, "cpu_isa", "baseline")
+        isa = _extension.cpu_isa
         print(
             f"  CPU build    {isa} (the best of avx512_bf16, avx512, avx2, baseline this CPU runs; "
             "MMGDINO_CPU_ISA caps it)"

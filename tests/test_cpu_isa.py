@@ -38,7 +38,7 @@ for dt, case in torch.load(sys.argv[1]).items():
     for dim, (vision, text, mask) in case["contrastive"].items():
         outs[(dt, f"logits_{dim}")] = ops.contrastive_logits(vision, text, mask, bias=0.5, backend="cpu")
         outs[(dt, f"max_{dim}")] = ops.contrastive_max(vision, text, mask, bias=0.5, backend="cpu")
-torch.save({"isa": _extension._C.cpu_isa, "outs": outs}, sys.argv[2])
+torch.save({"isa": _extension.cpu_isa, "outs": outs}, sys.argv[2])
 """
 
 
@@ -84,7 +84,7 @@ def test_every_build_agrees_with_the_portable_one_in_every_dtype(isa, baseline, 
     if isa and result["isa"] != isa:
         pytest.skip(f"this CPU cannot run the {isa} build (it picked {result['isa']})")
     if not isa:
-        assert result["isa"] == _extension._C.cpu_isa
+        assert result["isa"] == _extension.cpu_isa
     for (dtype, what), out in result["outs"].items():
         want = baseline[(dtype, what)]
         dt = getattr(torch, dtype.removeprefix("torch."))
@@ -101,13 +101,13 @@ def test_the_build_is_the_best_this_cpu_has_and_the_variable_caps_it():
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "avx512_bf16" in flags and "avx512vl" in flags:
-        assert _extension._C.cpu_isa == "avx512_bf16"
-    code = "from mmgdino import _extension; print(_extension._C.cpu_isa)"
+        assert _extension.cpu_isa == "avx512_bf16"
+    code = "from mmgdino import _extension; print(_extension.cpu_isa)"
     for asked in ("avx2", "avx512", "nonsense"):
         env = {**os.environ, "MMGDINO_CPU_ISA": asked}
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                              cwd=tempfile.gettempdir())  # fmt: skip
         avx2 = "avx2" if " avx2" in flags else "baseline"
         avx512 = "avx512" if " avx512vl" in flags and " avx512dq" in flags else avx2
-        want = {"avx2": avx2, "avx512": avx512, "nonsense": _extension._C.cpu_isa}[asked]
+        want = {"avx2": avx2, "avx512": avx512, "nonsense": _extension.cpu_isa}[asked]
         assert got.stdout.strip() == want, asked

@@ -247,7 +247,7 @@ def test_build_records_the_stable_abi_target():
     assert _extension.build_record["torch_min"] == "{}.{}".format(*_cuda_build.TORCH_TARGET)
     assert _cuda_build.torch_target_macro() == ("TORCH_TARGET_VERSION", "0x020a000000000000")
     # One module for every CPython from the target on: the limited API's file name, not cpython-3XX.
-    assert Path(_extension._C.__file__).name == "_C.abi3.so"
+    assert Path(_extension.library_path).name == "_C.abi3.so"
 
 
 def test_extension_uses_only_the_stable_abi():
@@ -262,7 +262,7 @@ def test_extension_uses_only_the_stable_abi():
         f"""
         import sys
         from torch_abi_audit.cli import main
-        sys.exit(main(["--json", {_extension._C.__file__!r}]))
+        sys.exit(main(["--json", {_extension.library_path!r}]))
         """,
         cwd=REPO,
     )
