@@ -34,11 +34,12 @@ def _run(model, **kwargs):
         return model(**mb.grounding_inputs(), **kwargs)
 
 
-def _flatten(output):
+def flatten_tensors(output):
+    """Every tensor of a (nested) output, in order."""
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, (tuple, list)):
-        return [t for item in output for t in _flatten(item)]
+        return [t for item in output for t in flatten_tensors(item)]
     return []
 
 
@@ -64,7 +65,7 @@ def test_tuple_and_dict_outputs_are_the_same_tensors(family):
     for flags in ({}, {"output_hidden_states": True}, {"output_proposal_logits": True}):
         as_dict = _run(ours, return_dict=True, **flags)
         as_tuple = _run(ours, return_dict=False, **flags)
-        dict_tensors, tuple_tensors = _flatten(as_dict.to_tuple()), _flatten(as_tuple)
+        dict_tensors, tuple_tensors = flatten_tensors(as_dict.to_tuple()), flatten_tensors(as_tuple)
         assert len(dict_tensors) == len(tuple_tensors) > 0
         for a, b in zip(dict_tensors, tuple_tensors):
             assert torch.equal(a, b)
