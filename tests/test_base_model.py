@@ -5,6 +5,7 @@ import model_builders as mb
 import pytest
 import torch
 import transformers
+from test_dropin import restore_auto_classes
 
 import mmgdino
 
@@ -89,7 +90,4 @@ def test_auto_model_resolves_to_mmgdino_when_asked(family, tmp_path):
         mmgdino.register_auto_classes()
         assert type(transformers.AutoModel.from_pretrained(tmp_path)) is ours_class
     finally:
-        for cls in (transformers.MMGroundingDinoModel, transformers.GroundingDinoModel):
-            transformers.AutoModel.register(cls.config_class, cls, exist_ok=True)
-        for cls in (transformers.MMGroundingDinoForObjectDetection, transformers.GroundingDinoForObjectDetection):
-            transformers.AutoModelForZeroShotObjectDetection.register(cls.config_class, cls, exist_ok=True)
+        restore_auto_classes()

@@ -143,6 +143,13 @@ def test_zero_shot_pipeline_gives_transformers_results(family, tmp_path):
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
 
 
+def restore_auto_classes():
+    for cls in (transformers.MMGroundingDinoForObjectDetection, transformers.GroundingDinoForObjectDetection):
+        transformers.AutoModelForZeroShotObjectDetection.register(cls.config_class, cls, exist_ok=True)
+    for cls in (transformers.MMGroundingDinoModel, transformers.GroundingDinoModel):
+        transformers.AutoModel.register(cls.config_class, cls, exist_ok=True)
+
+
 def test_auto_classes_resolve_to_mmgdino_when_asked(family, tmp_path):
     hf, ours_class, ours, theirs_class = family
     ours.save_pretrained(tmp_path)
@@ -152,6 +159,5 @@ def test_auto_classes_resolve_to_mmgdino_when_asked(family, tmp_path):
         mmgdino.register_auto_classes()
         assert type(auto.from_pretrained(tmp_path)) is ours_class
     finally:
-        for cls in (transformers.MMGroundingDinoForObjectDetection, transformers.GroundingDinoForObjectDetection):
-            auto.register(cls.config_class, cls, exist_ok=True)
+        restore_auto_classes()
     assert type(auto.from_pretrained(tmp_path)) is theirs_class
