@@ -19,6 +19,8 @@ inherit all of it, and what transformers' rules need to know about our tree is s
   with one line for what cannot be read. Either family's class loads either family's checkpoints.
 """
 
+import contextlib
+
 from transformers import MMGroundingDinoConfig, PreTrainedModel
 from transformers import initialization as init
 
@@ -129,6 +131,24 @@ class GroundingDinoPreTrainedModel(PreTrainedModel):
     @classmethod
     def can_generate(cls):
         return False
+
+    def enable_input_require_grads(self):
+        """transformers' hooks (every submodel's input embeddings output a tensor that requires grad), except that
+        Swin's patch embeddings return (embeddings, size): there the embeddings are the ones marked. transformers'
+        own class fails on that tuple."""
+
+        def make_inputs_require_grads(module, inputs, output):
+            (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
+
+        embeddings = {}
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                with contextlib.suppress(NotImplementedError):
+                    found = module.get_input_embeddings()
+                    if found is not None:
+                        embeddings[id(found)] = found
+        self._require_grads_hooks = [e.register_forward_hook(make_inputs_require_grads) for e in embeddings.values()]
+        self._require_grads_hook = self._require_grads_hooks[0]
 
     def get_input_embeddings(self):
         return self.base_model.text_backbone.get_input_embeddings()
