@@ -21,7 +21,13 @@ from .. import ops
 def box_dtype(dtype):
     """Boxes and angles are computed in float32 at least (float64 in a float64 model): bfloat16 rounding of an
     inverse sigmoid would add up over the decoder's refinements."""
-    return torch.promote_types(dtype, torch.float32)
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dropout(x, p, training):
+    """F.dropout, and nothing at all (not even a dispatched no-op) outside training: the inference path as lean
+    as before dropout existed here."""
+    return F.dropout(x, p, True) if training and p > 0 else x
 
 
 def sine_embedding(coords, num_feats, temperature=10000):
@@ -178,12 +184,12 @@ class BiAttention(nn.Module):
         scores = torch.baddbmm(fold_b.reshape(b, 1, h * t), vision, fold_w.reshape(b, c, h * t)).view(b, n, h, t)
 
         to_text = scores.masked_fill(~text_keep[:, None, None, :], float("-inf")).softmax(-1)
-        to_text = F.dropout(to_text, self.dropout, self.training)
+        to_text = dropout(to_text, self.dropout, self.training)
         fold_out = torch.einsum("bthd,chd->bhtc", text_values, self.out_vision_proj.weight.view(c, h, hd))
         vision_out = torch.baddbmm(self.out_vision_proj.bias, to_text.view(b, n, h * t), fold_out.reshape(b, h * t, c))
 
         to_vision = scores.masked_fill(~vision_keep[:, :, None, None], float("-inf")).softmax(1)
-        to_vision = F.dropout(to_vision, self.dropout, self.training)
+        to_vision = dropout(to_vision, self.dropout, self.training)
         pooled = torch.bmm(to_vision.view(b, n, h * t).transpose(1, 2), vision).view(b, h, t, c)
         text_context = torch.einsum("bhtc,hdc->bthd", pooled, self.values_vision_proj.weight.view(h, hd, c))
         text_context = text_context + self.values_vision_proj.bias.view(h, hd)
@@ -233,8 +239,8 @@ def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024, dropouts=(0.0,
     # The chunks write into one output buffer (out=), which autograd cannot record.
     recording = torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad)
     if training or recording or tracing or x.device.type != "cpu" or flat.shape[0] <= chunk_rows:
-        hidden = F.dropout(activation(fc1(x)), dropouts[0], training)
-        return norm(x + F.dropout(fc2(hidden), dropouts[1], training))
+        hidden = dropout(activation(fc1(x)), dropouts[0], training)
+        return norm(x + dropout(fc2(hidden), dropouts[1], training))
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], chunk_rows):
         rows = flat[start : start + chunk_rows]
@@ -262,7 +268,7 @@ class TextEnhancerLayer(nn.Module):
 
     def forward(self, text, text_pos, phrase_keep):
         with_pos = text + text_pos
-        attended = F.dropout(self.self_attn(with_pos, with_pos, text, phrase_keep), self.dropout, self.training)
+        attended = dropout(self.self_attn(with_pos, with_pos, text, phrase_keep), self.dropout, self.training)
         text = self.layer_norm_before(text + attended)
         return _feed_forward(text, self.fc1, self.fc2, self.layer_norm_after, self.activation,
                              dropouts=(self.dropout, self.dropout), training=self.training)  # fmt: skip
@@ -284,7 +290,7 @@ class DeformableLayer(nn.Module):
 
     def forward(self, vision, vision_pos, vision_keep, reference_points, levels):
         attended = self.self_attn(vision + vision_pos, vision, vision_keep, reference_points, levels)
-        vision = self.self_attn_layer_norm(vision + F.dropout(attended, self.dropout, self.training))
+        vision = self.self_attn_layer_norm(vision + dropout(attended, self.dropout, self.training))
         vision = _feed_forward(vision, self.fc1, self.fc2, self.final_layer_norm, self.activation,
                                dropouts=(self.activation_dropout, self.dropout), training=self.training)  # fmt: skip
         if self.training and not torch.isfinite(vision).all():  # as transformers: overflow clamped, not propagated
@@ -345,7 +351,7 @@ class DecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, queries, query_pos, reference_points, memory, text_memory, ctx):
         def drop(x):
-            return F.dropout(x, self.dropout, self.training)
+            return dropout(x, self.dropout, self.training)
 
         with_pos = queries + query_pos
         queries = self.self_attn_layer_norm(queries + drop(self.self_attn(with_pos, with_pos, queries)))
