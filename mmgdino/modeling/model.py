@@ -99,20 +99,18 @@ class MMGroundingDinoForObjectDetection(GroundingDinoPreTrainedModel):
             max_len = self.config.max_text_len
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             text_keep, prompt_ids = mask[:, :max_len].bool(), input_ids[:, :max_len]
+            boxes = fields["intermediate_reference_points"], fields["init_reference_points"]
         else:
             run = self.model.run(pixel_values, input_ids, token_type_ids, attention_mask, pixel_mask,
                                  output_hidden_states, output_proposal_logits, prompt_features,
                                  image_features)  # fmt: skip
             fields = run.fields(output_hidden_states)
             text_keep, prompt_ids = run.ctx.text_keep, run.prompt.input_ids
+            boxes = run.references, run.reference_points  # float32 in a bf16 model (see Decoder)
         layer_logits, layer_boxes = self.heads(
-            fields["intermediate_hidden_states"],
-            fields["intermediate_reference_points"],
-            fields["init_reference_points"],
-            fields["encoder_last_hidden_state_text"],
-            text_keep,
+            fields["intermediate_hidden_states"], *boxes, fields["encoder_last_hidden_state_text"], text_keep,
             every_layer=labels is not None,
-        )
+        )  # fmt: skip
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             loss, loss_dict, auxiliary_outputs = losses.detection_loss(
