@@ -6,7 +6,9 @@ from .errors import ImageReadError, MmgdinoError, UsageError  # noqa: E402
 from .interop import to_supervision  # noqa: E402
 from .modeling import (  # noqa: E402
     GroundingDinoForObjectDetection,
+    GroundingDinoModel,
     MMGroundingDinoForObjectDetection,
+    MMGroundingDinoModel,
     ModelLoadError,
     register_auto_classes,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "to_supervision",
     "MMGroundingDinoForObjectDetection",
     "GroundingDinoForObjectDetection",
+    "MMGroundingDinoModel",
+    "GroundingDinoModel",
     "register_auto_classes",
     "ModelLoadError",
     "patch",

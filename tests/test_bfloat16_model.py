@@ -49,10 +49,10 @@ def _stage_inputs(model, inputs):
         vision, text = image.vision, prompt.expand(image.batch).text
         layers = []
         for layer in model.model.encoder.layers:
-            out = layer(vision, text, ctx)
+            out = layer(vision, text, ctx.vision_pos, ctx)
             layers.append(((vision, text), out))
             vision, text = out
-        queries, reference_points, _ = model.propose(vision, text, ctx)
+        queries, reference_points, _, _ = model.model.propose(vision, text, prompt.expand(image.batch).text, ctx)
     return dict(prompt=prompt, image=image, ctx=ctx, encoder=layers, memory=(vision, text),
                 proposals=(queries, reference_points))  # fmt: skip
 
@@ -79,7 +79,7 @@ def test_every_encoder_layer_agrees(models):
         for index, (layer, ((vision, text), (want_vision, want_text))) in enumerate(
             zip(half.model.encoder.layers, stages["encoder"])
         ):
-            got_vision, got_text = layer(_bf16(vision), _bf16(text), ctx)
+            got_vision, got_text = layer(_bf16(vision), _bf16(text), ctx.vision_pos, ctx)
             assert got_vision.dtype == torch.bfloat16
             assert rel_err(got_vision, want_vision) <= LAYER_TOL, f"encoder layer {index} vision"
             assert rel_err(got_text, want_text) <= LAYER_TOL, f"encoder layer {index} text"
@@ -91,9 +91,9 @@ def test_proposal_scores_agree(models):
     memory, text = stages["memory"]
     ctx = stages["ctx"]
     with torch.no_grad():
-        want_query, _ = full._pixel_proposals(memory, ctx)
+        want_query, _ = full.model.pixel_proposals(memory, ctx)
         want = full.model.encoder_output_class_embed.best(want_query, text, ctx.text_keep)
-        got_query, _ = half._pixel_proposals(_bf16(memory), _bf16(ctx))
+        got_query, _ = half.model.pixel_proposals(_bf16(memory), _bf16(ctx))
         got = half.model.encoder_output_class_embed.best(got_query, _bf16(text), ctx.text_keep)
     assert got.dtype == torch.float32  # the scores the top-k ranks stay float32
     assert rel_err(got_query, want_query) <= LAYER_TOL

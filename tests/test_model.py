@@ -57,8 +57,13 @@ def test_matches_transformers_on_padded_batch(family):
         torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), atol=1e-4, rtol=1e-4, msg=field)
     assert torch.equal(ours.input_ids, theirs.input_ids)
     assert type(ours) is type(theirs)
-    # Loss-only and all-pixel outputs are skipped unless asked for.
-    assert ours.encoder_logits is None and ours.enc_outputs_class is None
+    # The proposals' phrase logits and boxes (what the encoder loss scores) as transformers gives them.
+    finite = torch.isfinite(theirs.encoder_logits)
+    assert torch.equal(torch.isfinite(ours.encoder_logits), finite)
+    torch.testing.assert_close(ours.encoder_logits[finite], theirs.encoder_logits[finite], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.encoder_pred_boxes, theirs.encoder_pred_boxes, atol=1e-4, rtol=1e-4)
+    # The all-pixel outputs are skipped unless asked for.
+    assert ours.enc_outputs_class is None and ours.enc_outputs_coord_logits is None
 
 
 def test_proposal_logits_on_request():
@@ -235,7 +240,7 @@ def test_routes_deformable_attention_and_logits_to_mmgdino_ops(monkeypatch):
         model(**mb.grounding_inputs())
     assert calls.count("ms_deform_attn") == 2 + 3
     assert calls.count("contrastive_max") == 1  # the two-stage top-k, never the padded (B, pixels, 256) logits
-    assert calls.count("contrastive_logits") == 1  # the last decoder layer only
+    assert calls.count("contrastive_logits") == 2  # the top-k proposals (encoder_logits), the last decoder layer
 
 
 @pytest.mark.parametrize(
@@ -268,7 +273,4 @@ def test_errors_are_clear(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="model_type"):
         Ours(DeformableDetrConfig())
-    model = Ours.from_transformers(mb.mm_grounding_dino())
-    with pytest.raises(NotImplementedError, match="inference"):
-        model(**mb.grounding_inputs(), labels=[{}])
     assert mmgdino.MMGroundingDinoForObjectDetection is Ours

@@ -1,8 +1,11 @@
-"""The transformer layers of MM Grounding DINO / Grounding DINO, written for inference around `mmgdino.ops`.
+"""The transformer layers of MM Grounding DINO / Grounding DINO, written around `mmgdino.ops`.
 
 Attribute names follow transformers' modules one to one, so a transformers state dict loads unchanged; the
 forward passes are ours: masks arrive once in the form each attention wants (boolean, True = attend), SDPA
-replaces the explicit score matrices, and the multi-scale deformable attention runs on our operator.
+replaces the explicit score matrices, and the multi-scale deformable attention runs on our operator. In training
+mode the layers apply transformers' dropouts (config.dropout, attention_dropout, activation_dropout,
+fusion_dropout, fusion_droppath, text_enhancer_dropout) where transformers applies them; the encoder and decoder
+layers are `GradientCheckpointingLayer`s, so `gradient_checkpointing_enable()` recomputes them in the backward.
 """
 
 import math
@@ -10,16 +13,29 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .. import ops
 
 
+def box_dtype(dtype):
+    """Boxes and angles are computed in float32 at least (float64 in a float64 model): bfloat16 rounding of an
+    inverse sigmoid would add up over the decoder's refinements."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dropout(x, p, training):
+    """F.dropout, and nothing at all (not even a dispatched no-op) outside training: the inference path as lean
+    as before dropout existed here."""
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
 def sine_embedding(coords, num_feats, temperature=10000):
     """Sinusoidal embedding of normalized coordinates (..., n) -> (..., n * num_feats), x and y swapped, as DETR
-    orders them (y first). Computed in float32, returned in the input's dtype."""
+    orders them (y first). Computed in float32 at least, returned in the input's dtype."""
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    angles = coords.float()[..., None] * (2 * math.pi) / dim_t  # (..., n, num_feats)
+    angles = coords.to(box_dtype(coords.dtype))[..., None] * (2 * math.pi) / dim_t  # (..., n, num_feats)
     emb = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
     if coords.shape[-1] >= 2:
         emb = torch.cat([emb[..., 1:2, :], emb[..., 0:1, :], emb[..., 2:, :]], dim=-2)
@@ -68,20 +84,24 @@ class ContrastiveHead(nn.Module):
         return 0.0 if self.bias is None else self.bias
 
     def forward(self, vision, text, text_keep):
+        # Under autocast the two sides may arrive in different dtypes (a LayerNorm's float32, a Linear's bf16).
         return ops.contrastive_logits(
-            vision, text, text_keep, bias=self._bias(), scale=self.scale, max_text_len=self.max_text_len
-        )
+            vision, text.to(vision.dtype), text_keep, bias=self._bias(), scale=self.scale,
+            max_text_len=self.max_text_len,
+        )  # fmt: skip
 
     def best(self, vision, text, text_keep):
-        return ops.contrastive_max(vision, text, text_keep, bias=self._bias(), scale=self.scale)
+        return ops.contrastive_max(vision, text.to(vision.dtype), text_keep, bias=self._bias(), scale=self.scale)
 
 
 class MultiheadAttention(nn.Module):
-    """Projections named as transformers' MMGroundingDinoMultiheadAttention; attention through SDPA."""
+    """Projections named as transformers' MMGroundingDinoMultiheadAttention; attention through SDPA (its dropout
+    on the attention probabilities is transformers' `attention_dropout`)."""
 
-    def __init__(self, dim, num_heads):
+    def __init__(self, dim, num_heads, dropout=0.0):
         super().__init__()
         self.num_heads = num_heads
+        self.dropout = dropout
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -93,7 +113,9 @@ class MultiheadAttention(nn.Module):
             _heads(proj(x), self.num_heads)
             for proj, x in ((self.query, queries), (self.key, keys), (self.value, values))
         )
-        return self.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=keep)))
+        dropout = self.dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
+        return self.out_proj(_merge_heads(attended))
 
 
 class MultiscaleDeformableAttention(nn.Module):
@@ -119,8 +141,11 @@ class MultiscaleDeformableAttention(nn.Module):
         else:
             centers, sizes = reference_points[:, :, None, :, None, :2], reference_points[:, :, None, :, None, 2:]
             locations = centers + offsets / p * sizes * 0.5
-        out = ops.ms_deform_attn(value, levels.spatial_shapes, levels.level_start_index, locations, weights,
-                                 level_shapes=levels.shapes)  # fmt: skip
+        # Under autocast the softmax and the float32 reference points come back float32; the operator takes one
+        # dtype, value's.
+        dtype = value.dtype
+        out = ops.ms_deform_attn(value, levels.spatial_shapes, levels.level_start_index, locations.to(dtype),
+                                 weights.to(dtype), level_shapes=levels.shapes)  # fmt: skip
         return self.output_proj(out)
 
 
@@ -134,9 +159,10 @@ class BiAttention(nn.Module):
     products over the pixels instead of three (pixels x 256 x 1024) projections.
     """
 
-    def __init__(self, dim, embed_dim, num_heads):
+    def __init__(self, dim, embed_dim, num_heads, dropout=0.0):
         super().__init__()
         self.num_heads = num_heads
+        self.dropout = dropout  # on both attention probabilities, as transformers' fusion_dropout
         self.vision_proj = nn.Linear(dim, embed_dim)
         self.text_proj = nn.Linear(dim, embed_dim)
         self.values_vision_proj = nn.Linear(dim, embed_dim)
@@ -158,14 +184,24 @@ class BiAttention(nn.Module):
         scores = torch.baddbmm(fold_b.reshape(b, 1, h * t), vision, fold_w.reshape(b, c, h * t)).view(b, n, h, t)
 
         to_text = scores.masked_fill(~text_keep[:, None, None, :], float("-inf")).softmax(-1)
+        to_text = dropout(to_text, self.dropout, self.training)
         fold_out = torch.einsum("bthd,chd->bhtc", text_values, self.out_vision_proj.weight.view(c, h, hd))
         vision_out = torch.baddbmm(self.out_vision_proj.bias, to_text.view(b, n, h * t), fold_out.reshape(b, h * t, c))
 
         to_vision = scores.masked_fill(~vision_keep[:, :, None, None], float("-inf")).softmax(1)
+        to_vision = dropout(to_vision, self.dropout, self.training)
         pooled = torch.bmm(to_vision.view(b, n, h * t).transpose(1, 2), vision).view(b, h, t, c)
         text_context = torch.einsum("bhtc,hdc->bthd", pooled, self.values_vision_proj.weight.view(h, hd, c))
         text_context = text_context + self.values_vision_proj.bias.view(h, hd)
         return vision_out, self.out_text_proj(text_context.reshape(b, t, h * hd))
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: each sample's branch dropped with probability p (kept ones scaled by 1 / (1 - p))."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(1 - p).floor_()
+    return x / (1 - p) * keep
 
 
 class FusionLayer(nn.Module):
@@ -174,28 +210,37 @@ class FusionLayer(nn.Module):
         d = config.d_model
         self.layer_norm_vision = nn.LayerNorm(d, config.layer_norm_eps)
         self.layer_norm_text = nn.LayerNorm(d, config.layer_norm_eps)
-        self.attn = BiAttention(d, config.encoder_ffn_dim // 2, config.encoder_attention_heads // 2)
+        self.attn = BiAttention(d, config.encoder_ffn_dim // 2, config.encoder_attention_heads // 2,
+                                config.fusion_dropout)  # fmt: skip
         self.vision_param = nn.Parameter(torch.full((d,), 1e-4))
         self.text_param = nn.Parameter(torch.full((d,), 1e-4))
+        self.drop_path = config.fusion_droppath
 
     def forward(self, vision, text, vision_keep, text_keep):
         # The residual is taken after the layer norms, as in the original.
         vision = self.layer_norm_vision(vision)
         text = self.layer_norm_text(text)
         delta_vision, delta_text = self.attn(vision, text, vision_keep, text_keep)
+        if self.training and self.drop_path > 0:
+            return (vision + drop_path(self.vision_param * delta_vision, self.drop_path, True),
+                    text + drop_path(self.text_param * delta_text, self.drop_path, True))  # fmt: skip
         return torch.addcmul(vision, self.vision_param, delta_vision), torch.addcmul(text, self.text_param, delta_text)
 
 
-def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024):
-    """norm(x + fc2(act(fc1(x)))). On the CPU in row chunks: the (rows, ffn_dim) intermediate (8 MB for 1024 x
-    2048) stays in the last-level cache instead of being a fresh multi-hundred-megabyte buffer per layer (page
-    faults and DRAM traffic): about 10% faster than 4096-row chunks, which were no faster than none (encoder FFN
-    at 800x1333 on a 2-core EPYC, 32 MB L3). A GPU prefers the one large product."""
+def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024, dropouts=(0.0, 0.0), training=False):
+    """norm(x + fc2(act(fc1(x)))), with dropout after the activation and after fc2 (dropouts) in training. On the
+    CPU without autograd in row chunks: the (rows, ffn_dim) intermediate (8 MB for 1024 x 2048) stays in the
+    last-level cache instead of being a fresh multi-hundred-megabyte buffer per layer (page faults and DRAM
+    traffic): about 10% faster than 4096-row chunks, which were no faster than none (encoder FFN at 800x1333 on a
+    2-core EPYC, 32 MB L3). A GPU prefers the one large product."""
     flat = x.reshape(-1, x.shape[-1])
     # Traced (compile, export) the one product: a row test on a symbolic size would become a guard on it.
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if tracing or x.device.type != "cpu" or flat.shape[0] <= chunk_rows:
-        return norm(x + fc2(activation(fc1(x))))
+    # The chunks write into one output buffer (out=), which autograd cannot record.
+    recording = torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad)
+    if training or recording or tracing or x.device.type != "cpu" or flat.shape[0] <= chunk_rows:
+        hidden = dropout(activation(fc1(x)), dropouts[0], training)
+        return norm(x + dropout(fc2(hidden), dropouts[1], training))
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], chunk_rows):
         rows = flat[start : start + chunk_rows]
@@ -213,17 +258,20 @@ class TextEnhancerLayer(nn.Module):
     def __init__(self, config):
         super().__init__()
         d = config.d_model
-        self.self_attn = MultiheadAttention(d, config.encoder_attention_heads // 2)
+        self.self_attn = MultiheadAttention(d, config.encoder_attention_heads // 2, config.attention_dropout)
         self.fc1 = nn.Linear(d, config.encoder_ffn_dim // 2)
         self.fc2 = nn.Linear(config.encoder_ffn_dim // 2, d)
         self.layer_norm_before = nn.LayerNorm(d, config.layer_norm_eps)
         self.layer_norm_after = nn.LayerNorm(d, config.layer_norm_eps)
         self.activation = _activation(config.activation_function)
+        self.dropout = config.text_enhancer_dropout
 
     def forward(self, text, text_pos, phrase_keep):
         with_pos = text + text_pos
-        text = self.layer_norm_before(text + self.self_attn(with_pos, with_pos, text, phrase_keep))
-        return _feed_forward(text, self.fc1, self.fc2, self.layer_norm_after, self.activation)
+        attended = dropout(self.self_attn(with_pos, with_pos, text, phrase_keep), self.dropout, self.training)
+        text = self.layer_norm_before(text + attended)
+        return _feed_forward(text, self.fc1, self.fc2, self.layer_norm_after, self.activation,
+                             dropouts=(self.dropout, self.dropout), training=self.training)  # fmt: skip
 
 
 class DeformableLayer(nn.Module):
@@ -238,26 +286,32 @@ class DeformableLayer(nn.Module):
         self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.activation = _activation(config.activation_function)
+        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, vision, vision_pos, vision_keep, reference_points, levels):
         attended = self.self_attn(vision + vision_pos, vision, vision_keep, reference_points, levels)
-        vision = self.self_attn_layer_norm(vision + attended)
-        return _feed_forward(vision, self.fc1, self.fc2, self.final_layer_norm, self.activation)
+        vision = self.self_attn_layer_norm(vision + dropout(attended, self.dropout, self.training))
+        vision = _feed_forward(vision, self.fc1, self.fc2, self.final_layer_norm, self.activation,
+                               dropouts=(self.activation_dropout, self.dropout), training=self.training)  # fmt: skip
+        if self.training and not torch.isfinite(vision).all():  # as transformers: overflow clamped, not propagated
+            bound = torch.finfo(vision.dtype).max - 1000
+            vision = vision.clamp(-bound, bound)
+        return vision
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(GradientCheckpointingLayer):
     def __init__(self, config):
         super().__init__()
         self.text_enhancer_layer = TextEnhancerLayer(config)
         self.fusion_layer = FusionLayer(config)
         self.deformable_layer = DeformableLayer(config)
 
-    def forward(self, vision, text, ctx):
+    def forward(self, vision, text, vision_pos, ctx):
+        """vision_pos (it carries the level embedding's gradient) is an argument of its own, not read from ctx:
+        a checkpoint recomputes the layer from its tensor arguments."""
         vision, text = self.fusion_layer(vision, text, ctx.vision_keep, ctx.text_keep)
         text = self.text_enhancer_layer(text, ctx.text_pos, ctx.phrase_keep)
-        vision = self.deformable_layer(
-            vision, ctx.vision_pos, ctx.vision_keep, ctx.encoder_reference_points, ctx.levels
-        )
+        vision = self.deformable_layer(vision, vision_pos, ctx.vision_keep, ctx.encoder_reference_points, ctx.levels)
         return vision, text
 
 
@@ -272,20 +326,20 @@ class Encoder(nn.Module):
             if collect_hidden_states:
                 vision_states.append(vision)
                 text_states.append(text)
-            vision, text = layer(vision, text, ctx)
+            vision, text = layer(vision, text, ctx.vision_pos, ctx)
         if collect_hidden_states:
             vision_states.append(vision)
             text_states.append(text)
         return vision, text, vision_states, text_states
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config):
         super().__init__()
         d, heads = config.d_model, config.decoder_attention_heads
-        self.self_attn = MultiheadAttention(d, heads)
+        self.self_attn = MultiheadAttention(d, heads, config.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
-        self.encoder_attn_text = MultiheadAttention(d, heads)
+        self.encoder_attn_text = MultiheadAttention(d, heads, config.attention_dropout)
         self.encoder_attn_text_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.encoder_attn = MultiscaleDeformableAttention(d, heads, config.num_feature_levels, config.decoder_n_points)
         self.encoder_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
@@ -293,15 +347,20 @@ class DecoderLayer(nn.Module):
         self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.activation = _activation(config.activation_function)
+        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, queries, query_pos, reference_points, memory, text_memory, ctx):
+        def drop(x):
+            return dropout(x, self.dropout, self.training)
+
         with_pos = queries + query_pos
-        queries = self.self_attn_layer_norm(queries + self.self_attn(with_pos, with_pos, queries))
+        queries = self.self_attn_layer_norm(queries + drop(self.self_attn(with_pos, with_pos, queries)))
         attended = self.encoder_attn_text(queries + query_pos, text_memory, text_memory, ctx.text_keep[:, None, None])
-        queries = self.encoder_attn_text_layer_norm(queries + attended)
+        queries = self.encoder_attn_text_layer_norm(queries + drop(attended))
         attended = self.encoder_attn(queries + query_pos, memory, ctx.vision_keep, reference_points, ctx.levels)
-        queries = self.encoder_attn_layer_norm(queries + attended)
-        return _feed_forward(queries, self.fc1, self.fc2, self.final_layer_norm, self.activation)
+        queries = self.encoder_attn_layer_norm(queries + drop(attended))
+        return _feed_forward(queries, self.fc1, self.fc2, self.final_layer_norm, self.activation,
+                             dropouts=(self.activation_dropout, self.dropout), training=self.training)  # fmt: skip
 
 
 class Decoder(nn.Module):
@@ -311,18 +370,21 @@ class Decoder(nn.Module):
         self.layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
         self.reference_points_head = MLPHead(config.query_dim // 2 * d, d, d, 2)
-        self.bbox_embed = None  # the detection heads' box MLPs, shared (tied), set by the model
+        self.bbox_embed = None  # the detection heads' box MLPs, shared (tied), set by the detection model
+        self.class_embed = None  # its phrase heads (MM Grounding DINO), kept here as transformers keeps them
         self.d_model = d
 
     def forward(self, queries, reference_points, memory, text_memory, ctx, collect_hidden_states=False):
         """reference_points: (B, Q, 4) boxes in [0, 1], refined after every layer. Returns the normed hidden
         states of every layer (B, layers, Q, C) and the reference points each layer produced.
 
-        The boxes stay float32 through the refinement whatever the model's dtype: in bfloat16 every layer's
-        rounding of the inverse sigmoid would add up over the layers (the layers see them in their dtype)."""
+        The boxes stay float32 (at least) through the refinement whatever the model's dtype: in bfloat16 every
+        layer's rounding of the inverse sigmoid would add up over the layers (the layers see them in their dtype). Each
+        refined box is detached, as in transformers: a layer's box gradient stops at its own head."""
         dtype = queries.dtype
-        box_scale = torch.cat([ctx.valid_ratios, ctx.valid_ratios], -1)[:, None].float()  # (B, 1, L, 4)
-        reference_points = reference_points.float()
+        boxes = box_dtype(dtype)
+        box_scale = torch.cat([ctx.valid_ratios, ctx.valid_ratios], -1)[:, None].to(boxes)  # (B, 1, L, 4)
+        reference_points = reference_points.to(boxes)
         normed, references, hidden = [], [], []
         for idx, layer in enumerate(self.layers):
             per_level = reference_points[:, :, None] * box_scale
@@ -332,7 +394,8 @@ class Decoder(nn.Module):
             queries = layer(queries, query_pos, per_level.to(dtype), memory, text_memory, ctx)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[idx](queries)
-                reference_points = (delta.float() + torch.special.logit(reference_points, eps=1e-5)).sigmoid()
+                refined = delta.to(boxes) + torch.special.logit(reference_points, eps=1e-5)
+                reference_points = refined.sigmoid().detach()
             normed.append(self.layer_norm(queries))
             references.append(reference_points)
         if collect_hidden_states:

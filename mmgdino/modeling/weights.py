@@ -1,126 +1,125 @@
-"""Checkpoints: read and written through transformers' own model classes (hub client, key conversions, weight
-tying), the weights moved to and from ours by their identical state-dict keys; plus random initialization."""
+"""Weights: the transformers classes that describe each model family, where a checkpoint's config comes from (one
+`ModelLoadError` line when it cannot be read), and the random initialization transformers gives every module of
+our tree (what `_init_weights` runs, module by module)."""
 
 import math
 from pathlib import Path
 
 import torch
+from torch import nn
+from transformers import initialization as init
 
 from .hub import ModelLoadError, cache_first
-from .layers import BiAttention, ContrastiveHead, MLPHead, MultiscaleDeformableAttention
+from .layers import BiAttention, ContrastiveHead, FusionLayer, MLPHead, MultiscaleDeformableAttention
 
+SPECIAL_TOKENS = (101, 102, 1012, 1029)  # [CLS], [SEP], ".", "?" in BERT's vocabulary: phrase boundaries
 
-def load_state_dict(model, state):
-    """Load the state dict of a live transformers model: the same keys, its weight tying already applied (the
-    shared heads arrive with equal values, and our shared heads are one module)."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"weights do not fit this architecture: {str(exc).splitlines()[0]}") from exc
-    return model
-
-
-def initialize(model):
-    """Random weights as transformers initializes them, so `from_config` gives a sensible untrained model."""
-    torch.nn.init.normal_(model.model.level_embed)
-    for module in model.modules():
-        if isinstance(module, MultiscaleDeformableAttention):
-            heads, levels, points = module.num_heads, module.num_levels, module.num_points
-            torch.nn.init.zeros_(module.sampling_offsets.weight)
-            thetas = torch.arange(heads, dtype=torch.float32) * (2.0 * math.pi / heads)
-            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-            grid = (grid / grid.abs().max(-1, keepdim=True).values).view(heads, 1, 1, 2).repeat(1, levels, points, 1)
-            grid *= torch.arange(1, points + 1, dtype=torch.float32).view(1, 1, points, 1)
-            with torch.no_grad():
-                module.sampling_offsets.bias.copy_(grid.flatten())
-            for linear in (module.attention_weights,):
-                torch.nn.init.zeros_(linear.weight)
-                torch.nn.init.zeros_(linear.bias)
-            for linear in (module.value_proj, module.output_proj):
-                torch.nn.init.xavier_uniform_(linear.weight)
-                torch.nn.init.zeros_(linear.bias)
-        elif isinstance(module, BiAttention):
-            for linear in module.children():
-                torch.nn.init.xavier_uniform_(linear.weight)
-                torch.nn.init.zeros_(linear.bias)
-        elif isinstance(module, MLPHead) and module is not model.model.decoder.reference_points_head:
-            torch.nn.init.zeros_(module.layers[-1].weight)
-            torch.nn.init.zeros_(module.layers[-1].bias)
-        elif isinstance(module, ContrastiveHead) and module.bias is not None:
-            torch.nn.init.constant_(module.bias, -math.log(99.0))
-    return model
-
-
-TRANSFORMERS_CLASSES = {
-    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
-    "grounding-dino": "GroundingDinoForObjectDetection",
+# model_type -> (transformers' detection class, its base model class); both families share our module tree.
+FAMILIES = {
+    "mm-grounding-dino": ("MMGroundingDinoForObjectDetection", "MMGroundingDinoModel"),
+    "grounding-dino": ("GroundingDinoForObjectDetection", "GroundingDinoModel"),
 }
+HUB_ARGUMENTS = ("revision", "local_files_only", "subfolder", "token", "cache_dir")
 
 
-def transformers_class_of(family):
+def check_family(config):
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        raise ValueError(f"expected an MM Grounding DINO or Grounding DINO config, got model_type={family!r}")
+    return family
+
+
+def transformers_class_of(family, base=False):
     import transformers
 
-    if family not in TRANSFORMERS_CLASSES:
+    if family not in FAMILIES:
         raise ModelLoadError(f"model_type {family!r} is not MM Grounding DINO, LLMDet or Grounding DINO")
-    return getattr(transformers, TRANSFORMERS_CLASSES[family])
+    return getattr(transformers, FAMILIES[family][1 if base else 0])
 
 
-def transformers_class(config):
-    return transformers_class_of(config.model_type)
+def tied_weights_keys(config):
+    """transformers' tying rules for this config: its class's `_tied_weights_keys`, less the heads the config
+    leaves untied (as transformers' __init__ removes them). A one-layer decoder has nothing to tie its heads to."""
+    keys = dict(transformers_class_of(config.model_type)._tied_weights_keys)
+    if not config.decoder_bbox_embed_share or config.decoder_layers == 1:
+        keys.pop(r"bbox_embed.(?![0])\d+", None)
+    if not getattr(config, "decoder_cls_embed_share", False) or config.decoder_layers == 1:
+        keys.pop(r"class_embed.(?![0])\d+", None)
+    return keys
 
 
-def load_pretrained(cls, name_or_path, *model_args, dtype=None, device=None, config=None, state_dict=None,
-                    output_loading_info=False, **kwargs):  # fmt: skip
-    """Read the checkpoint through transformers (its hub client, key conversions and tying), then move the weights
-    into our model; transformers' copy is dropped. Every other from_pretrained argument (config=, state_dict=,
-    revision=, local_files_only=, subfolder=, ...) means what it means to transformers' own class, which gets it.
-    Returns the model, or (model, loading info) with output_loading_info=True."""
+def checkpoint_location(name_or_path):
+    """A local folder as a path string, a hub id as it is, None as None; a path that is not a folder is a
+    ModelLoadError (the hub client would otherwise take it for an id)."""
+    if name_or_path is None:
+        return None
+    where = str(name_or_path)
+    path = Path(where).expanduser()
+    if not path.is_dir() and (path.exists() or where.startswith((".", "/", "~")) or where.count("/") > 1):
+        raise ModelLoadError(f"model {where!r}: no such directory")
+    return str(path) if path.is_dir() else where
+
+
+def read_config(where, **hub):
     from transformers import AutoConfig
 
-    where = None if name_or_path is None else str(name_or_path)
-    if where is not None:
-        path = Path(where).expanduser()
-        if not path.is_dir() and (path.exists() or where.startswith((".", "/", "~")) or where.count("/") > 1):
-            raise ModelLoadError(f"model {where!r}: no such directory")
-        where = str(path) if path.is_dir() else where
-    hub = {k: kwargs[k] for k in ("revision", "local_files_only", "subfolder", "token", "cache_dir") if k in kwargs}
-    if config is None:
-        if where is None:
-            raise ModelLoadError("from_pretrained needs a model id or folder, or config= (with state_dict=)")
-        try:
-            config = cache_first(AutoConfig.from_pretrained, where, **hub)
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            text = str(exc).strip()
-            raise ModelLoadError(f"{where}: no readable config.json ({text.splitlines()[0] if text else exc})") from exc
-    dtype = dtype if dtype not in (None, "auto") else None
-
-    def read(location, **more):
-        return transformers_class(config).from_pretrained(
-            location, *model_args, config=config, state_dict=state_dict, dtype=dtype or torch.float32,
-            output_loading_info=output_loading_info, **more,
-        )  # fmt: skip
-
+    if where is None:
+        raise ModelLoadError("from_pretrained needs a model id or folder, or config= (with state_dict=)")
     try:
-        loaded = read(None, **kwargs) if where is None else cache_first(read, where, **kwargs)
+        config = cache_first(AutoConfig.from_pretrained, where, **hub)
     except ModelLoadError:
         raise
-    except Exception as exc:  # a directory with a config but no (or unreadable) weights
-        text = str(exc).strip()
-        raise ModelLoadError(f"{where}: no readable weights ({text.splitlines()[0] if text else exc})") from exc
-    reference, info = loaded if output_loading_info else (loaded, None)
-    model = cls(reference.config)
-    load_state_dict(model, reference.state_dict())
-    model.name_or_path = where
-    del reference
-    model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    return (model, info) if output_loading_info else model
+    except Exception as exc:
+        raise ModelLoadError(f"{where}: no readable config.json ({first_line(exc)})") from exc
+    if config.model_type not in FAMILIES:
+        raise ModelLoadError(f"{where}: model_type {config.model_type!r} is not MM Grounding DINO or Grounding DINO")
+    return config
 
 
-def save_pretrained(model, directory, **kwargs):
-    """A checkpoint transformers (and we) can read: written by transformers' own model holding our weights, so the
-    keys and files are exactly what transformers writes (kwargs: its save_pretrained's)."""
-    reference = transformers_class(model.config)(model.config)
-    reference.load_state_dict(model.state_dict())
-    reference.to(model.dtype).save_pretrained(str(directory), **kwargs)
+def first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def initialize_module(module, config):
+    """transformers' initialization of one module of our tree beyond PreTrainedModel's generic rules (which run
+    first): the same distributions as `MMGroundingDinoPreTrainedModel._init_weights`, through transformers'
+    `initialization` functions, which leave loaded tensors alone. Buffers are set here too, so a model built on
+    the meta device and materialized (`to_empty`, or `from_pretrained`'s non-persistent buffers) gets real
+    values, never the memory it was handed."""
+    name = type(module).__name__
+    if isinstance(module, MultiscaleDeformableAttention):
+        heads, levels, points = module.num_heads, module.num_levels, module.num_points
+        init.constant_(module.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(heads, dtype=torch.int64).to(torch.get_default_dtype()) * (2.0 * math.pi / heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(heads, 1, 1, 2).repeat(1, levels, points, 1)
+        grid *= torch.arange(1, points + 1, dtype=grid.dtype).view(1, 1, points, 1)
+        init.copy_(module.sampling_offsets.bias, grid.view(-1))
+        init.constant_(module.attention_weights.weight, 0.0)
+        init.constant_(module.attention_weights.bias, 0.0)
+        for linear in (module.value_proj, module.output_proj):
+            init.xavier_uniform_(linear.weight)
+            init.constant_(linear.bias, 0.0)
+    elif isinstance(module, BiAttention):
+        for linear in module.children():
+            init.xavier_uniform_(linear.weight)
+            init.zeros_(linear.bias)
+    elif isinstance(module, FusionLayer):
+        init.constant_(module.vision_param, 1e-4)
+        init.constant_(module.text_param, 1e-4)
+    elif isinstance(module, MLPHead):
+        init.constant_(module.layers[-1].weight, 0)
+        init.constant_(module.layers[-1].bias, 0)
+    elif isinstance(module, ContrastiveHead) and module.bias is not None:
+        init.constant_(module.bias, -math.log((1 - 0.01) / 0.01))
+    elif name.endswith("LearnedPositionEmbedding"):
+        init.uniform_(module.row_embeddings.weight)
+        init.uniform_(module.column_embeddings.weight)
+    elif name.endswith("FrozenBatchNorm2d"):  # ResNet backbones; transformers leaves these buffers to the checkpoint
+        for buffer, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            init.constant_(getattr(module, buffer), value)
+    if isinstance(getattr(module, "level_embed", None), nn.Parameter):
+        init.normal_(module.level_embed)
+    if isinstance(getattr(module, "special_tokens", None), torch.Tensor):
+        init.copy_(module.special_tokens, torch.tensor(SPECIAL_TOKENS))
