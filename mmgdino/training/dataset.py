@@ -1,0 +1,62 @@
+"""The training images as a torch Dataset: item i of epoch e is image i, augmented and prompted with a generator
+seeded by (seed, epoch, i), so it is the same whichever process, worker or resumed run draws it. The epoch is
+set by the trainer's callback before each epoch's data loader starts (`set_epoch`)."""
+
+import sys
+
+import numpy as np
+import torch
+
+from ..errors import ImageReadError
+from ..images import load_image
+from .augment import augment
+from .prompts import targets
+
+
+class TrainingImages(torch.utils.data.Dataset):
+    def __init__(self, training_set, prompts, augmentation, mean, std, seed=0, log=None):
+        self.images = training_set.images
+        self.prompts = prompts
+        self.augmentation = augmentation
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.seed = int(seed)
+        self.epoch = 0
+        self.log = log
+        self.unreadable = set()  # per process (and data-loader worker): each reported once there
+
+    def __len__(self):
+        return len(self.images)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def generator(self, index):
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _load(self, index):
+        """The image, or the next readable one: an image that fails to decode is reported once and replaced, so
+        the epoch goes on (data.py checked every header at the start; this catches damage past the header)."""
+        for offset in range(len(self.images)):
+            entry = self.images[(index + offset) % len(self.images)]
+            if entry.path in self.unreadable:
+                continue
+            try:
+                return entry, load_image(entry.path)
+            except ImageReadError as exc:
+                self.unreadable.add(entry.path)
+                message = f"mmgdino train: {exc}; replaced by the next image"
+                (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(message)
+        raise ImageReadError("no training image can be read any more")
+
+    def __getitem__(self, index):
+        rng = self.generator(index)
+        entry, image = self._load(index)
+        image, boxes, labels = augment(image, entry.boxes, entry.labels, self.augmentation, rng)
+        input_ids, phrase_of = self.prompts(labels, rng)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return {
+            "pixel_values": (pixels - self.mean) / self.std,
+            "input_ids": input_ids,
+            "labels": targets(boxes, labels, phrase_of, image.width, image.height),
+        }

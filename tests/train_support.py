@@ -1,0 +1,30 @@
+"""What the training tests share: a small checkpoint folder (random weights, three feature levels so that the
+smallest maps of 48-pixel scenes are not 1x1, no dropout so that runs can be compared bit for bit), and the fix
+for one quirk of this test folder.
+
+The quirk: tests/datasets.py is importable as `datasets`, so transformers believes Hugging Face's `datasets` is
+installed and its Trainer asks our module for `datasets.Dataset`. `no_hf_datasets` tells the Trainer module the
+truth for the test's duration; a run outside the tests (the console script, torchrun's children) never sees it.
+"""
+
+import model_builders as mb
+
+SMALL_SIZE = (48, 64)  # training and evaluation scale of the scene tests (shorter, longer side)
+
+
+def no_hf_datasets(monkeypatch):
+    import transformers.trainer
+
+    module = getattr(transformers.trainer, "datasets", None)
+    if module is not None and not hasattr(module, "Dataset"):
+        monkeypatch.setattr(transformers.trainer, "is_datasets_available", lambda: False)
+
+
+def small_checkpoint(directory, seed=0, **overrides):
+    """A save_pretrained folder (model and offline processor) of the tiny MM Grounding DINO."""
+    settings = dict(levels=3, dropout=0.0, seed=seed)
+    settings.update(overrides)
+    model = mb.mm_grounding_dino(**settings)
+    model.save_pretrained(directory)
+    mb.offline_processor(directory).save_pretrained(directory)
+    return directory
