@@ -21,10 +21,17 @@ def no_hf_datasets(monkeypatch):
 
 
 def small_checkpoint(directory, seed=0, **overrides):
-    """A save_pretrained folder (model and offline processor) of the tiny MM Grounding DINO."""
+    """A save_pretrained folder (model and offline processor) of the tiny MM Grounding DINO. With dropout 0 (the
+    default) nothing in it is random in training mode: no dropout in the detector or the language model and no
+    stochastic depth in the fusion layers or the backbone, so two runs can be compared step for step."""
     settings = dict(levels=3, dropout=0.0, seed=seed)
     settings.update(overrides)
     model = mb.mm_grounding_dino(**settings)
+    if not settings["dropout"]:  # the loaded model's modules are built from this config
+        text, backbone = model.config.text_config, model.config.backbone_config
+        model.config.fusion_droppath = model.config.fusion_dropout = model.config.text_enhancer_dropout = 0.0
+        text.hidden_dropout_prob = text.attention_probs_dropout_prob = 0.0
+        backbone.drop_path_rate = backbone.hidden_dropout_prob = backbone.attention_probs_dropout_prob = 0.0
     model.save_pretrained(directory)
     mb.offline_processor(directory).save_pretrained(directory)
     return directory

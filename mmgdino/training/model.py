@@ -60,11 +60,27 @@ def freeze(model, parts):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def shared_modules(model):
+    """Modules reachable under several names, or holding a parameter another module holds too (tied heads)."""
+    names, holders = {}, {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(parameter), set()).add(name.rsplit(".", 1)[0])
+    shared = {i for i, n in names.items() if len(n) > 1}
+    by_name = {name: module for name, module in model.named_modules(remove_duplicate=False)}
+    for owners in holders.values():
+        if len(owners) > 1:
+            shared |= {id(by_name[o]) for o in owners if o in by_name}
+    return shared
+
+
 def linear_layers_that_run(model, batch, skip_parts):
-    """Names of the nn.Linear modules whose forward runs on `batch` (train mode, no labels), outside skip_parts."""
-    ran, hooks = set(), []
+    """Names of the nn.Linear modules whose forward runs on `batch` (train mode, no labels), outside skip_parts
+    and not shared with another place (an adapter there would break the tie)."""
+    ran, hooks, shared = set(), [], shared_modules(model)
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and part_of(name + ".") not in skip_parts:
+        if isinstance(module, torch.nn.Linear) and part_of(name + ".") not in skip_parts and id(module) not in shared:
             hooks.append(module.register_forward_hook(lambda m, i, o, name=name: ran.add(name)))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     try:
@@ -78,14 +94,19 @@ def linear_layers_that_run(model, batch, skip_parts):
 
 
 def add_lora(model, rank, alpha, batch, skip_parts):
-    """LoRA adapters of `rank` on every linear layer that runs outside skip_parts; the rest frozen. Returns the
-    adapted layer names."""
+    """LoRA adapters of `rank` on every linear layer that runs outside skip_parts and is not shared; the rest
+    frozen. Returns the adapted layer names."""
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = linear_layers_that_run(model, batch, skip_parts)
     if not targets:
         raise ModelLoadError("no linear layer runs outside the frozen parts: nothing to put LoRA adapters on")
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets), model)
+    # Injected through a plain holder: peft inspects a transformers model's tied-weight table, which these models
+    # declare without the input-embedding accessor it then asks for. The adapters land in `model` itself.
+    holder = torch.nn.Module()
+    holder.detector = model
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=[f"detector.{t}" for t in targets])
+    inject_adapter_in_model(config, holder)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name)
     model.lora_settings = {"rank": rank, "alpha": alpha, "targets": targets}

@@ -8,10 +8,11 @@ import json
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from ..environment import git_commit, versions
 
@@ -24,34 +25,62 @@ def _all_reduce(value, op):
     return value
 
 
+class EpochLosses(TrainerCallback, ExportableState):
+    """The mean loss and loss terms of each epoch over every process, logged into the Trainer's history at the
+    epoch's last step (so every checkpoint's history has every finished epoch). The running sums are combined
+    across processes whenever a checkpoint is about to be written and saved with it (`state`), so that a run
+    resumed mid-epoch logs the epoch an uninterrupted run logs (`restore`)."""
+
+    def __init__(self):
+        self.trainer = None
+        self.sums = {}  # combined over processes, Python floats
+        self.pending = {}  # this process's since the last combination, float64 tensors
+
+    def add(self, loss, terms):
+        for name, value in {"loss": loss, **terms, "count": torch.ones_like(loss)}.items():
+            value = value.detach().double()
+            self.pending[name] = self.pending[name] + value if name in self.pending else value
+
+    def combine(self):
+        if not self.pending:
+            return
+        names = sorted(self.pending)
+        totals = _all_reduce(torch.stack([self.pending[n] for n in names]), torch.distributed.ReduceOp.SUM)
+        for name, total in zip(names, totals.tolist()):
+            self.sums[name] = self.sums.get(name, 0.0) + total
+        self.pending = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-6
+        if epoch_ends or control.should_save or control.should_training_stop:
+            self.combine()  # the same steps in every process: the flow's decisions are the same everywhere
+        if (epoch_ends or control.should_training_stop) and self.sums.get("count"):
+            count = self.sums.pop("count")
+            logs = {f"{EPOCH_PREFIX}{name}": round(total / count, 6) for name, total in sorted(self.sums.items())}
+            self.sums = {}
+            if self.trainer is not None:
+                pending_log = control.should_log  # Trainer.log clears it: the Trainer's own loss log comes next
+                self.trainer.log(logs)
+                control.should_log = pending_log
+
+    def state(self):
+        return {"args": {}, "attributes": {"sums": dict(self.sums)}}
+
+    def restore(self, checkpoint):
+        """The running sums a checkpoint saved (transformers restores callback states only by re-creating them)."""
+        saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+        entry = saved.get(type(self).__name__)
+        entry = entry[0] if isinstance(entry, list) else entry
+        self.sums = dict((entry or {}).get("attributes", {}).get("sums", {}))
+
+
 class RunRecord:
-    """Collects during training; every process holds one (their numbers are combined at the epoch's end)."""
+    """What a run holds besides the Trainer's own state: its settings, step times and evaluation folders."""
 
     def __init__(self, config, out, val_protocol="coco"):
         self.config, self.out, self.val_protocol = config, Path(out), val_protocol
-        self.trainer = None
-        self.step_losses, self.step_terms, self.step_seconds = [], {}, []
-        self.evaluations = []
-        self.began = time.time()
-
-    def record_step(self, loss, terms):
-        self.step_losses.append(loss.float())
-        for key, value in terms.items():
-            self.step_terms.setdefault(key, []).append(value.float())
-
-    def end_epoch(self, state):
-        """Logs the epoch's mean loss and terms over every process (into the Trainer's log history)."""
-        if not self.step_losses:
-            return
-        names = ["loss", *sorted(self.step_terms)]
-        series = [self.step_losses] + [self.step_terms[k] for k in names[1:]]
-        sums = torch.stack([torch.stack(s).sum() for s in series] + [torch.tensor(float(len(self.step_losses)))
-                                                                        .to(self.step_losses[0].device)])  # fmt: skip
-        sums = _all_reduce(sums, torch.distributed.ReduceOp.SUM).tolist()
-        logs = {f"{EPOCH_PREFIX}{name}": round(total / sums[-1], 6) for name, total in zip(names, sums)}
-        self.step_losses, self.step_terms = [], {}
-        if self.trainer is not None:
-            self.trainer.log(logs)
+        self.losses = EpochLosses()
+        self.step_seconds, self.evaluations = [], []
 
     def record_evaluation(self, epoch, metrics, folder):
         self.evaluations.append({"epoch": epoch, "AP": metrics.get("AP"), "folder": str(folder)})
@@ -102,9 +131,9 @@ def timing(step_seconds, steps, wall_seconds):
         "steps_timed": len(measured),
         "median_seconds_per_step": round(statistics.median(measured), 4) if measured else None,
         "mean_seconds_per_step": round(statistics.fmean(measured), 4) if measured else None,
-        "wall_seconds_per_step": round(wall_seconds / steps, 4) if steps else None,
-        "what": "median over optimizer steps of forward, backward, clipping and update (data loading excluded); "
-        "wall: the run's time (data, evaluation and checkpoints included) over its steps",
+        "wall_seconds_per_step": round(wall_seconds / len(step_seconds), 4) if step_seconds else None,
+        "what": "median over this run's optimizer steps of forward, backward, clipping and update (data loading "
+        "excluded); wall: this run's time (data, evaluation and checkpoints included) over its steps",
     }
 
 

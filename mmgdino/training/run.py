@@ -108,7 +108,10 @@ def train(config=None, log=None, **settings):
 
     where = config.model or DEFAULT_MODEL
     processor = model_parts.load_processor(where)
-    model = model_parts.build_model(where)
+    # A resumed run reads its weights from the checkpoint, through the class's own loader (transformers renames
+    # keys when it saves: a plain state-dict load, the Trainer's, would miss them). With LoRA the base weights
+    # are the starting model's and only the adapters come from the checkpoint.
+    model = model_parts.build_model(checkpoint if checkpoint and not config.lora_rank else where)
     model.config.auxiliary_loss = config.aux_loss
     prompts = PromptSampler(training_set.names, processor.tokenizer, model.config.max_text_len, config.negatives)
     say(prompts.describe())
@@ -138,7 +141,7 @@ def train(config=None, log=None, **settings):
         say(f"held-out set before training: AP {holdout['before']['AP']:.4f}")
 
     record = reporting.RunRecord(config, out, val_protocol)
-    trainer = _trainer(config, model, processor, dataset, collator, record, device)
+    trainer = _trainer(config, model, processor, dataset, collator, record, device, checkpoint)
     began = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.time() - began
@@ -203,7 +206,7 @@ def _holdout(config, model, processor, folder, device, reuse=False):
                         config.eval_scale, "coco", device)["metrics"]  # fmt: skip
 
 
-def _trainer(config, model, processor, dataset, collator, record, device):
+def _trainer(config, model, processor, dataset, collator, record, device, checkpoint):
     from .trainer import DetectionTrainer, EpochAndTiming, training_arguments
 
     has_validation = config.val_annotations is not None
@@ -215,8 +218,10 @@ def _trainer(config, model, processor, dataset, collator, record, device):
         eval_dataset=[config.val_annotations] if has_validation else None,  # evaluate() reads the files itself
         data_collator=collator,
         processing_class=processor,
-        callbacks=[EpochAndTiming(dataset, record)],
+        callbacks=[EpochAndTiming(dataset, record), record.losses],
         run=record,
     )
-    record.trainer = trainer
+    record.losses.trainer = trainer
+    if checkpoint:
+        record.losses.restore(checkpoint)
     return trainer

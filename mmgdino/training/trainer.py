@@ -11,7 +11,7 @@ What this module adds, each through a documented extension point of `Trainer`:
 - `evaluate`: `mmgdino eval`'s protocol on the validation set (`evaluation_hook`), AP as `eval_AP`, so the best
   checkpoint is the best AP (`metric_for_best_model`);
 - `save_model`: checkpoints through `model.save_checkpoint` (save_pretrained folders both classes load);
-- callbacks: the data set's epoch (each sample's random draw), seconds per step and peak memory (`report`).
+- callbacks: the data set's epoch (each sample's random draw), seconds per step, the epochs' losses (`report`).
 """
 
 import math
@@ -56,6 +56,11 @@ def step_schedule(optimizer, warmup_steps, total_steps, drop_at=11 / 12, factor=
 
 def training_arguments(config, out, has_validation, device_type):
     schedules = {"step": "constant", "cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    checkpointing = {}
+    if config.gradient_checkpointing:  # transformers 5 renamed it; only the name this version knows
+        known = TrainingArguments.__dataclass_fields__
+        name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+        checkpointing = {name: True}
     workers = config.workers if config.workers is not None else (4 if device_type == "cuda" else 0)
     return TrainingArguments(
         output_dir=str(out),
@@ -73,12 +78,12 @@ def training_arguments(config, out, has_validation, device_type):
         use_cpu=device_type == "cpu",
         seed=config.seed,
         data_seed=config.seed,
-        gradient_checkpointing=config.gradient_checkpointing,
         eval_strategy=("steps" if config.save_steps else "epoch") if has_validation else "no",
         eval_steps=config.save_steps,
         save_strategy="steps" if config.save_steps else "epoch",
         save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,
+        **checkpointing,
         metric_for_best_model="eval_AP" if has_validation else None,
         greater_is_better=True,
         logging_strategy="steps",
@@ -115,7 +120,7 @@ class DetectionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         terms = getattr(outputs, "loss_dict", None) or {}
-        self.run.record_step(loss.detach(), {k: terms[k].detach() for k in LOSS_TERMS if k in terms})
+        self.run.losses.add(loss, {k: terms[k] for k in LOSS_TERMS if k in terms})
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -151,6 +156,3 @@ class EpochAndTiming(TrainerCallback):
             torch.cuda.synchronize(args.device)
         if self.began is not None:
             self.run.step_seconds.append(time.perf_counter() - self.began)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.run.end_epoch(state)
