@@ -1,7 +1,5 @@
 """mmgdino: fast MM Grounding DINO (also LLMDet and Grounding DINO) on top of transformers."""
 
-__version__ = "0.1.0"
-
 from . import ops  # noqa: E402
 from .detector import Detector  # noqa: E402
 from .errors import ImageReadError, MmgdinoError, UsageError  # noqa: E402
@@ -14,6 +12,7 @@ from .modeling import (  # noqa: E402
 )
 from .ops import available_backends, contrastive_logits, contrastive_max, ms_deform_attn  # noqa: E402
 from .patching import is_patched, patch, unpatch  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "ops",

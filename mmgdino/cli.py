@@ -7,12 +7,19 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 
+from .detection import DetectJob, DetectRun, detect_images
+from .detector import DEFAULT_CHUNK_MERGE_IOU, check_thresholds, clean_labels
+from .distributed import RayOptions, check_options
 from .errors import MmgdinoError, UsageError
+from .evaluation import evaluate
 from .images import IMAGE_SUFFIXES
+from .loading import DEFAULT_MODEL, check_device_and_dtype, parse_dtype
+from .sources import is_uri, list_images, read_manifest, version_of
 
 
 def _info(args):
@@ -95,7 +102,7 @@ def _bench(args):
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if args.onnx:
         return _bench_onnx(args)
-    dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else None
+    dtypes = [parse_dtype(d) for d in args.dtype] if args.dtype else None
     report = bench.run_ops(
         device=args.device,
         dtypes=dtypes,
@@ -117,54 +124,6 @@ def _bench(args):
 # ------------------------------------------------------------------ detect
 
 
-def _image_paths(inputs):
-    """(path, root) for every image: files as given, folders searched recursively; a missing input is an error."""
-    paths = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths += [(p, path) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        elif path.exists():
-            paths.append((path, path.parent))
-        else:
-            raise UsageError(f"{item}: no such file or directory")
-    return paths
-
-
-def _read_manifest(path):
-    """[(image path, [labels])] from a JSON Lines file ({"image": ..., "labels": [...]}) or a CSV file with an
-    `image` and a `labels` column (labels separated by ";"). Relative image paths are relative to the manifest."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--manifest {path}: no such file")
-    rows = []
-    try:
-        if path.suffix.lower() == ".parquet":
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise UsageError("a Parquet --manifest needs pyarrow: pip install pyarrow") from None
-            table = pq.read_table(path, columns=["image", "labels"]).to_pylist()
-            rows = [(row["image"], list(row["labels"])) for row in table]
-        elif path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
-                for row in csv.DictReader(f):
-                    rows.append((row["image"], [x for x in row["labels"].split(";") if x.strip()]))
-        else:
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    rows.append((row["image"], row["labels"]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise UsageError(f"--manifest {path}: each entry needs an image and its labels ({exc})") from None
-    if not rows:
-        raise UsageError(f"--manifest {path}: no entries")
-    # URIs (s3://..., with --ray) stay as they are; relative paths are relative to the manifest.
-    return [(image if "://" in image else path.parent / image, labels) for image, labels in rows]
-
-
 def _check_writable_file(option, value):
     folder = Path(value).resolve().parent
     if not folder.is_dir():
@@ -182,40 +141,53 @@ def _check_draw_folder(value):
         raise UsageError(f"--draw {value}: folder is not writable")
 
 
-def _draw(image, detections, target):
-    from PIL import ImageDraw
-
-    canvas = image.copy()
-    draw = ImageDraw.Draw(canvas)
-    for det in detections:
-        draw.rectangle(det["box"], outline=(255, 64, 0), width=max(2, round(min(image.size) / 300)))
-        draw.text((det["box"][0] + 3, det["box"][1] + 2), f"{det['label']} {det['score']:.2f}", fill=(255, 64, 0))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(target)
-
-
-def _drawing_paths(keys, draw_dir):
-    """Each image's drawing mirrors its path below the common folder of all inputs: no two collide."""
-    if not keys:
-        return {}
-    root = Path(os.path.commonpath([str(Path(k).parent) for k in keys]))
-    return {k: Path(draw_dir) / Path(k).relative_to(root) for k in keys}
+def _ray_options(args):
+    """RayOptions from --ray and its companions, or None; the companions alone are a usage error."""
+    if args.ray:
+        options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
+        check_options(options)
+        return options
+    if args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker is not None:
+        raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
+    return None
 
 
-def _check_detect_args(args):
-    """Every usage mistake, before the model loads: one line each."""
-    from .detector import check_device_and_dtype, check_thresholds, clean_labels
+def _images_and_vocabularies(args):
+    """({key: version}, {key: labels}, what the settings record of the labels) from --manifest or from image
+    arguments with --labels."""
+    if args.manifest is not None:
+        entries = [(key, clean_labels(labels, where=f"labels of {key}")[0]) for key, labels in
+                   read_manifest(args.manifest)]  # fmt: skip
+        for key, _ in entries:
+            if is_uri(key) and not args.ray:
+                raise UsageError(f"--manifest: {key}: URIs need --ray")
+            if not is_uri(key) and not Path(key).is_file():
+                raise UsageError(f"--manifest: {key}: no such file")
+        images = {key: version_of(key) for key, _ in entries}
+        return images, dict(entries), f"manifest {Path(args.manifest).resolve()}"
+    labels, dropped = clean_labels(args.labels, where="--labels")
+    if dropped:
+        print(f"mmgdino detect: note: duplicate labels ignored: {', '.join(dropped)}", file=sys.stderr)
+    images = dict(list_images(args.images, uris=bool(args.ray)))
+    if not images:
+        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    return images, dict.fromkeys(images, labels), list(labels)
 
+
+def _checked_detect(args):
+    """Every usage mistake, before the model loads: one line each. Returns the DetectRun."""
     if (args.labels is None) == (args.manifest is None):
         raise UsageError("give --labels (one vocabulary for every image) or --manifest (one per image), not both")
     if args.manifest is None and not args.images:
         raise UsageError("no images given")
     if args.manifest is not None and args.images:
         raise UsageError("with --manifest the images come from the manifest; give no image arguments")
+    if args.chunk_merge_iou is None and not args.no_chunk_merge:
+        args.chunk_merge_iou = DEFAULT_CHUNK_MERGE_IOU
     check_thresholds(args.threshold, args.text_threshold, args.chunk_merge_iou)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_device_and_dtype(args.device, getattr(torch, args.dtype) if args.dtype else None)
+    check_device_and_dtype(args.device, args.dtype)
     if args.out:
         _check_writable_file("--out", args.out)
     elif args.format == "coco":
@@ -224,159 +196,24 @@ def _check_detect_args(args):
         if args.ray:
             raise UsageError("--draw is not supported with --ray (draw from the records afterwards)")
         _check_draw_folder(args.draw)
-    if args.runtime and not str(args.model or "").endswith(".onnx"):
+    model = args.model or DEFAULT_MODEL
+    if args.runtime and not str(model).endswith(".onnx"):
         raise UsageError(f"--runtime {args.runtime} runs an exported --model FILE.onnx (mmgdino export onnx)")
-    if str(args.model or "").endswith(".onnx") and args.ray:
+    if str(model).endswith(".onnx") and args.ray:
         raise UsageError("--ray runs checkpoints, not exported .onnx files")
-    if args.ray:
-        from .distributed import RayOptions, check_options
-
-        check_options(RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size))
-    elif args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker is not None:
-        raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
-    if args.manifest is not None:
-        entries = [(path, clean_labels(labels, where=f"labels of {path}")[0]) for path, labels in
-                   _read_manifest(args.manifest)]  # fmt: skip
-        for path, _ in entries:
-            if isinstance(path, str) and not args.ray:
-                raise UsageError(f"--manifest: {path}: URIs need --ray")
-            if not isinstance(path, str) and not path.is_file():
-                raise UsageError(f"--manifest: {path}: no such file")
-        return [(p, None if isinstance(p, str) else p.parent) for p, _ in entries], [labels for _, labels in entries]
-    labels, dropped = clean_labels(args.labels, where="--labels")
-    if dropped:
-        print(f"mmgdino detect: note: duplicate labels ignored: {', '.join(dropped)}", file=sys.stderr)
-    if args.ray:
-        from .distributed import list_images
-
-        found = list_images(args.images, IMAGE_SUFFIXES)
-        if not found:
-            raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-        return [(key, None) for key, _ in found], [labels] * len(found)
-    images = _image_paths(args.images)
-    if not images:
-        raise UsageError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    return images, [labels] * len(images)
-
-
-def _progress_bar(total):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="detect", unit="img", disable=total < 2, file=sys.stderr)
-
-
-class _StdoutRecords:
-    """Records as JSON Lines on stdout (detect without --out), one image at a time."""
-
-    def add(self, key, version, records):
-        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
-        sys.stdout.flush()
-
-
-_STDOUT = _StdoutRecords()
-
-
-def _finish_detect(args, store, vocabularies, failures, total):
-    from .results import write_coco
-
-    if store is not None and args.format == "coco":
-        categories = list(dict.fromkeys(label for v in vocabularies for label in v))
-        out, ids = write_coco(store.all_records(), args.out, categories)
-        print(f"mmgdino detect: wrote {out} and {ids}", file=sys.stderr)
-    if failures:
-        print(f"mmgdino detect: {failures} of {total} images failed (named above)", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _detect_on_ray(args, model, todo, vocabulary_of, versions, store, vocabularies):
-    from .distributed import DetectJob, RayOptions, run
-
-    job = DetectJob(model, device=args.device, dtype=args.dtype, threshold=args.threshold, batch_size=args.batch_size,
-                    text_threshold=args.text_threshold, chunk_merge_iou=args.chunk_merge_iou)  # fmt: skip
-    options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
-    try:
-        summary = run(job, [(key, vocabulary_of[key]) for key in todo], store or _STDOUT, versions, options,
-                      log=lambda m: print(f"mmgdino detect: {m}", file=sys.stderr, flush=True))  # fmt: skip
-    finally:
-        if store is not None:
-            store.close()
-    for _key, error in summary["failures"]:
-        print(f"mmgdino detect: {error}", file=sys.stderr)
-    rates = ", ".join(f"{name} {rate} img/s" for name, rate in summary["workers"].items())
-    counts = f"{summary['images']} images, {summary['records']} records, {len(summary['failures'])} failed"
-    print(f"mmgdino detect: ray: {counts}, {summary['seconds']} s; per worker: {rates}", file=sys.stderr)
-    return _finish_detect(args, store, vocabularies, len(summary["failures"]), len(todo))
+    ray = _ray_options(args)
+    images, vocabularies, labels_setting = _images_and_vocabularies(args)
+    job = DetectJob(model, device=args.device, dtype=args.dtype, threshold=args.threshold,
+                    text_threshold=args.text_threshold, chunk_merge_iou=args.chunk_merge_iou,
+                    batch_size=args.batch_size, runtime=args.runtime)  # fmt: skip
+    return DetectRun(images, vocabularies, labels_setting, job, out=args.out, format=args.format, draw=args.draw,
+                     ray=ray, threads=args.threads_per_worker)  # fmt: skip
 
 
 def _detect(args):
-    from .detector import DEFAULT_CHUNK_MERGE_IOU, DEFAULT_MODEL, Detector
-    from .distributed import detection_records
-    from .images import load_image
-    from .results import ResultStore, image_version
-
-    if args.chunk_merge_iou is None and not args.no_chunk_merge:
-        args.chunk_merge_iou = DEFAULT_CHUNK_MERGE_IOU
-    images, vocabularies = _check_detect_args(args)
-    keys = [path if isinstance(path, str) else str(path.resolve()) for path, _ in images]
-    vocabulary_of = dict(zip(keys, vocabularies))  # the same image given twice (relative and absolute) is one
-    if args.ray:
-        from .distributed import version_of
-
-        versions = {key: version_of(key) for key in vocabulary_of}
-    else:
-        versions = {key: image_version(key) for key in vocabulary_of}
-    model = args.model or DEFAULT_MODEL
-    model_key = str(Path(model).resolve()) if Path(model).exists() else model
-    settings = {"model": model_key, "runtime": args.runtime, "dtype": args.dtype or "float32",
-                "threshold": args.threshold, "text_threshold": args.text_threshold,
-                "chunk_merge_iou": args.chunk_merge_iou,
-                "labels": list(vocabularies[0]) if args.manifest is None
-                else f"manifest {Path(args.manifest).resolve()}"}  # fmt: skip
-    store = None
-    if args.out:
-        records_path = Path(args.out) if args.format == "jsonl" else Path(str(args.out) + ".records.jsonl")
-        store = ResultStore(records_path, settings)
-        todo = store.open(versions)
-    else:
-        todo = list(versions)
-    drawings = _drawing_paths(list(versions), args.draw) if args.draw else {}
-    if not todo:
-        print(f"mmgdino detect: all {len(versions)} images are already in {args.out}", file=sys.stderr)
-    elif args.ray:
-        return _detect_on_ray(args, model, todo, vocabulary_of, versions, store, vocabularies)
-    else:
-        detector = Detector(model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
-                            runtime=args.runtime)  # fmt: skip
-    failures = 0
-    progress = _progress_bar(len(todo)) if todo else None
-    try:
-        for start in range(0, len(todo), args.batch_size):
-            batch, pil = [], []
-            for key in todo[start : start + args.batch_size]:
-                try:
-                    pil.append(load_image(key))
-                    batch.append(key)
-                except MmgdinoError as exc:
-                    failures += 1
-                    print(f"mmgdino detect: {exc}", file=sys.stderr)
-            if batch:
-                results = detector.detect(pil, [vocabulary_of[k] for k in batch], threshold=args.threshold,
-                                          text_threshold=args.text_threshold, batch_size=args.batch_size,
-                                          chunk_merge_iou=args.chunk_merge_iou)  # fmt: skip
-                for key, image, detections in zip(batch, pil, results):
-                    if args.draw:  # the drawing first: a record never lacks its drawing
-                        _draw(image, detections, drawings[key])
-                    (store or _STDOUT).add(key, versions[key], detection_records(key, detections))
-            if progress is not None:
-                progress.update(len(todo[start : start + args.batch_size]))
-    finally:
-        if progress is not None:
-            progress.close()
-        if store is not None:
-            store.close()
-    return _finish_detect(args, store, vocabularies, failures, len(todo))
+    run = _checked_detect(args)
+    summary = detect_images(run, log=lambda m: print(f"mmgdino detect: {m}", file=sys.stderr, flush=True))
+    return 1 if summary.failures else 0
 
 
 EXIT_CODES = """exit codes:
@@ -389,7 +226,6 @@ Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
 
 
 def _export(args):
-    from .detector import DEFAULT_MODEL
     from .export import export_onnx, parse_size
 
     if args.dynamic_size and args.image_size:
@@ -404,17 +240,7 @@ def _export(args):
 
 
 def _eval(args):
-    from mmgdino import evaluation
-
-    ray = None
-    if args.ray:
-        from .distributed import RayOptions
-
-        ray = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.batch_size)
-    elif args.workers is not None or args.gpus_per_worker is not None or args.cpus_per_worker is not None:
-        raise UsageError("--workers, --gpus-per-worker and --cpus-per-worker need --ray")
-
-    report = evaluation.evaluate(
+    report = evaluate(
         args.annotations,
         args.images,
         args.out,
@@ -424,15 +250,14 @@ def _eval(args):
         max_dets=args.max_dets,
         batch_size=args.batch_size,
         device=args.device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        dtype=args.dtype,
         limit=args.limit,
         compare=args.compare,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-        ray=ray,
+        log=lambda m: print(f"mmgdino eval: {m}", file=sys.stderr, flush=True),
+        ray=_ray_options(args),
+        threads=args.threads_per_worker,
     )
     print(Path(args.out, "summary.md").read_text().split("## Per category")[0].rstrip())
-    for failure in report["failed_images"]:
-        print(f"mmgdino eval: {failure['image']}: {failure['error']}", file=sys.stderr)
     return 1 if report["failed_images"] else 0
 
 
@@ -443,6 +268,10 @@ def _add_ray_options(parser):
     parser.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, or CPUs - 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per actor (default 1 on GPUs)")
     parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per actor (default 1 on CPUs)")
+    parser.add_argument("--threads-per-worker", type=int, default=None,
+                        help="intra-op threads of every process that runs the model (default: this process's, so a "
+                        "--ray run gives exactly the single-process run's numbers; on a CPU cluster with several "
+                        "workers per machine, set it to --cpus-per-worker)")  # fmt: skip
 
 
 def _parser():
@@ -492,39 +321,39 @@ def _parser():
                         help="runtime for an exported --model FILE.onnx (default: onnxruntime)")  # fmt: skip
     _add_ray_options(detect)
     detect.set_defaults(fn=_detect)
-    evaluate = sub.add_parser("eval", help="COCO / LVIS accuracy with mmdetection's MM Grounding DINO protocol",
+    eval_parser = sub.add_parser("eval", help="COCO / LVIS accuracy with mmdetection's MM Grounding DINO protocol",
                               epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    evaluate.add_argument("--annotations", required=True, help="COCO-format annotation file (COCO, LVIS, yours)")
-    evaluate.add_argument("--images", required=True, help="the folder its file_name entries are relative to")
-    evaluate.add_argument("--out", required=True, help="folder for predictions (resumable), detections.json, "
+    eval_parser.add_argument("--annotations", required=True, help="COCO-format annotation file (COCO, LVIS, yours)")
+    eval_parser.add_argument("--images", required=True, help="the folder its file_name entries are relative to")
+    eval_parser.add_argument("--out", required=True, help="folder for predictions (resumable), detections.json, "
                           "metrics.json, per_category.json and summary.md")  # fmt: skip
-    evaluate.add_argument("--model", default=None, help="hub id or local directory (default: as detect)")
-    evaluate.add_argument(
+    eval_parser.add_argument("--model", default=None, help="hub id or local directory (default: as detect)")
+    eval_parser.add_argument(
         "--protocol",
         choices=["coco", "lvis"],
         default="coco",
         help="coco: all classes in one prompt, COCO AP; lvis: 40 classes per prompt, Fixed AP",
     )
-    evaluate.add_argument("--chunk-size", type=int, default=None,
+    eval_parser.add_argument("--chunk-size", type=int, default=None,
                           help="classes per prompt (default: the protocol's: coco all, lvis 40)")  # fmt: skip
-    evaluate.add_argument("--max-dets", type=int, default=None, help="detections kept per image and prompt (300)")
-    evaluate.add_argument(
+    eval_parser.add_argument("--max-dets", type=int, default=None, help="detections kept per image and prompt (300)")
+    eval_parser.add_argument(
         "--batch-size",
         type=int,
         default=1,
         help="images per forward (default 1, the protocol; >1 pads images, recorded as such)",
     )
-    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    evaluate.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N images (recorded as a subset)")
-    evaluate.add_argument(
+    eval_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    eval_parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    eval_parser.add_argument("--limit", type=int, default=None, help="only the first N images (recorded as a subset)")
+    eval_parser.add_argument(
         "--compare",
         choices=["transformers"],
         default=None,
         help="also run transformers' model and post-processing; AP and time side by side",
     )
-    _add_ray_options(evaluate)
-    evaluate.set_defaults(fn=_eval)
+    _add_ray_options(eval_parser)
+    eval_parser.set_defaults(fn=_eval)
     export = sub.add_parser("export", help="export the model to a file other runtimes run",
                             epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     export.add_argument("format", choices=["onnx"])
@@ -574,8 +403,8 @@ def main(argv=None):
         print(f"mmgdino {args.command}: interrupted; rerun the same command to finish", file=sys.stderr)
         return 130
     except MmgdinoError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback too, and still the documented exit code
+            traceback.print_exc()
         print(f"mmgdino {args.command}: {exc}", file=sys.stderr)
         return 2
 

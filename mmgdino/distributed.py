@@ -3,7 +3,7 @@
 The pipeline: image keys (local paths, or URIs any pyarrow filesystem reads: s3://, gs://, file://, ...) ->
 decode on CPU tasks (upright RGB arrays; a bad image becomes an error row, not a failure of the run) ->
 `map_batches` over a pool of actors, each holding one model, with an explicit batch size -> rows streamed back to
-this process, which writes them through the same ResultStore a single-process run uses.
+this process, which writes them through the same store a single-process run uses (`mmgdino.loop`).
 
 Exactly once: every image has one key; this process writes an image's records only for the first row it sees
 with that key (a batch Ray retries after a worker died may deliver some twice), and its progress line after
@@ -12,20 +12,19 @@ default; on CPU-only clusters actors claim a CPU each and at least one CPU is le
 holding every CPU would starve the tasks that feed them, and the pipeline would hang).
 """
 
-import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ImageReadError, UsageError
+from .loop import Summary, progress_bar, set_threads
+from .sources import read_image
 
 RAY_EXTRA = "pip install 'ray[data]' (or mmgdino[ray])"
 
@@ -37,138 +36,6 @@ def _ray():
     except ImportError:
         raise UsageError(f"--ray needs Ray Data: {RAY_EXTRA}") from None
     return ray
-
-
-def is_uri(key):
-    return "://" in str(key)
-
-
-# ------------------------------------------------------------------ images by key
-
-
-def _filesystem(uri):
-    from pyarrow import fs
-
-    try:
-        return fs.FileSystem.from_uri(uri)
-    except Exception as exc:  # unknown scheme, missing credentials or filesystem package
-        raise UsageError(f"{uri}: cannot open ({str(exc).splitlines()[0]})") from None
-
-
-def list_images(inputs, suffixes):
-    """[(key, version)] of every image under the inputs: files as given, folders searched recursively; a local
-    key is its resolved path, a URI stays a URI. version changes when the file does (size, modification time)."""
-    from .results import image_version
-
-    found = []
-    for item in inputs:
-        if is_uri(item):
-            from pyarrow import fs
-
-            filesystem, path = _filesystem(item)
-            info = filesystem.get_file_info(path)
-            if info.type == fs.FileType.NotFound:
-                raise UsageError(f"{item}: no such file or directory")
-            infos = [info] if info.type == fs.FileType.File else filesystem.get_file_info(
-                fs.FileSelector(path, recursive=True))  # fmt: skip
-            scheme = item.split("://", 1)[0]
-            for i in sorted(infos, key=lambda i: i.path):
-                if i.type == fs.FileType.File and Path(i.path).suffix.lower() in suffixes:
-                    found.append((f"{scheme}://{i.path}", f"{i.size}-{i.mtime_ns}"))
-        else:
-            path = Path(item)
-            if path.is_dir():
-                files = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in suffixes and p.is_file()]
-            elif path.exists():
-                files = [path]
-            else:
-                raise UsageError(f"{item}: no such file or directory")
-            found += [(str(p.resolve()), image_version(p)) for p in files]
-    return list(dict(found).items())
-
-
-def version_of(key):
-    from .results import image_version
-
-    if not is_uri(key):
-        return image_version(key)
-    filesystem, path = _filesystem(key)
-    info = filesystem.get_file_info(path)
-    return f"{info.size}-{info.mtime_ns}"
-
-
-def read_image(key):
-    """An upright RGB PIL image from a local path or a URI; ImageReadError naming it otherwise."""
-    from PIL import Image
-
-    from .images import load_image
-
-    if not is_uri(key):
-        return load_image(key)
-    try:
-        filesystem, path = _filesystem(key)
-        with filesystem.open_input_stream(path) as stream:
-            data = stream.read()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except ImageReadError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(f"{key}: cannot read the image ({str(exc).splitlines()[0]})") from None
-    return load_image(image, name=key)
-
-
-# ------------------------------------------------------------------ the work (in this process or in actors)
-
-
-@dataclass
-class DetectJob:
-    """`Detector.detect` on a batch: per image, its records as `mmgdino detect` writes them."""
-
-    model: str
-    device: str = None
-    dtype: str = None
-    threshold: float = 0.3
-    text_threshold: float = 0.25
-    chunk_merge_iou: float = None
-    batch_size: int = 1  # images per forward inside a Ray batch: 1 gives the same results whatever Ray groups
-    fault_injection: dict = field(default=None, repr=False)  # tests only: {"marker": path, "after_batches": n}
-
-    def setup(self):
-        import torch
-
-        from .detector import Detector
-
-        self.detector = Detector(
-            self.model, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None
-        )
-        self.batches = 0
-
-    def __call__(self, keys, images, payloads):
-        _maybe_die(self)
-        results = self.detector.detect(images, payloads, threshold=self.threshold, text_threshold=self.text_threshold,
-                                       batch_size=self.batch_size, chunk_merge_iou=self.chunk_merge_iou)  # fmt: skip
-        return [detection_records(key, found) for key, found in zip(keys, results)]
-
-
-def detection_records(key, detections):
-    """One image's records: one per detection, or one with null fields when there is none."""
-    empty = {"label": None, "labels": [], "score": None, "box": None}
-    return [{"image": key, **d} for d in detections or [empty]]
-
-
-def _maybe_die(job):
-    """Fault injection for the tests: the first worker to reach the given batch exits without a word, once."""
-    job.batches += 1
-    spec = job.fault_injection
-    if spec and job.batches > spec["after_batches"]:
-        marker = Path(spec["marker"])
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        os._exit(1)
 
 
 # ------------------------------------------------------------------ Ray
@@ -270,9 +137,10 @@ def _decode(batch):
 class _Worker:
     """One model per actor, loaded once; runs the job on each batch of decoded images."""
 
-    def __init__(self, job):
+    def __init__(self, job, threads):
         import ray
 
+        set_threads(threads)
         self.job = job
         self.job.setup()
         self.name = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
@@ -296,9 +164,9 @@ class _Worker:
                 "seconds": np.array([seconds / len(keys)] * len(keys))}  # fmt: skip
 
 
-def run(job, items, store, versions, options, progress=True, log=None):
-    """Runs `job` over items [(key, payload)] on Ray, writing each image's records through `store` exactly once.
-    Returns a summary {images, records, failures: [(key, error)], workers: {name: images/s}, seconds}."""
+def run(job, items, store, versions, options, threads=None, progress=True, log=None):
+    """Runs `job` over items [(key, payload)] on Ray, each actor with `threads` intra-op threads, writing each
+    image's records through `store` exactly once. Returns a `loop.Summary`."""
     check_options(options)
     log = log or (lambda message: None)
     began = time.perf_counter()
@@ -314,18 +182,11 @@ def run(job, items, store, versions, options, progress=True, log=None):
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
         dataset = dataset.map_batches(_decode, batch_size=options.batch_size, num_cpus=1 if per_cpu >= 1 else 0.5)
         dataset = dataset.map_batches(
-            _Worker, fn_constructor_args=(job,), batch_size=options.batch_size,
+            _Worker, fn_constructor_args=(job, threads), batch_size=options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=per_gpu or None, num_cpus=per_cpu,
             max_restarts=-1, max_task_retries=-1,
         )  # fmt: skip
-        bar = None
-        if progress:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(items), desc="ray", unit="img", disable=len(items) < 2, file=sys.stderr)
-            except ImportError:
-                pass
+        bar = progress_bar(len(items), "ray", progress)
         written, failures, records_count, per_worker = set(), [], 0, {}
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -340,6 +201,7 @@ def run(job, items, store, versions, options, progress=True, log=None):
                     stats[1] += float(seconds)
                     if error:
                         failures.append((key, str(error)))  # not recorded: a rerun tries it again
+                        log(str(error))
                     else:
                         found = json.loads(records)
                         records_count += len(found)
@@ -349,10 +211,7 @@ def run(job, items, store, versions, options, progress=True, log=None):
         finally:
             if bar is not None:
                 bar.close()
-    return {
-        "images": len(written),
-        "records": records_count,
-        "failures": failures,
-        "workers": {name: round(n / s, 3) if s else None for name, (n, s) in per_worker.items()},
-        "seconds": round(time.perf_counter() - began, 2),
-    }
+    return Summary(images=len(written), records=records_count, failures=failures,
+                   seconds=round(time.perf_counter() - began, 2),
+                   model_seconds=sum(seconds for _, seconds in per_worker.values()),
+                   workers={name: round(n / s, 3) if s else None for name, (n, s) in per_worker.items()})  # fmt: skip

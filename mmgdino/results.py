@@ -1,25 +1,21 @@
-"""Where `mmgdino detect` writes, so that an interrupted run loses nothing and a rerun redoes exactly what is
-unfinished.
+"""Where a run over images writes (`mmgdino detect`, `mmgdino eval`'s predictions), so that an interrupted run
+loses nothing and a rerun redoes exactly what is unfinished.
 
 The records file (JSON Lines, one line per detection, an image without detections as one line with null fields)
 has a progress file beside it, `OUT.progress`: its first line holds the settings that determine the results
-(model, labels, thresholds, dtype), then one line per finished image (its resolved path and its file's size and
-modification time). Per image, the drawing (if any) is written first, then all of its records in one write, then
-its progress line. A rerun with the same settings skips finished, unchanged images; drops the records of images
-that never got their progress line (an interrupted write) or whose file changed since, and redoes them; a rerun
-with other settings into the same file is refused with one line saying what differs.
+(model, labels, thresholds, dtype), then one line per finished image (its key and version: `sources.version_of`).
+Per image, the drawing (if any) is written first, then all of its records in one write, then its progress line.
+A rerun with the same settings skips finished, unchanged images; drops the records of images that never got their
+progress line (an interrupted write) or whose file changed since, and redoes them; a rerun with other settings
+into the same file is refused with one line saying what differs.
 """
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from .errors import UsageError
-
-
-def image_version(path):
-    stat = Path(path).stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _parse_json_lines(text):
@@ -37,13 +33,17 @@ def _read_json_lines(path):
     return _parse_json_lines(path.read_text()) if path.exists() else []
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+    """`text` at `path`, all or nothing: a reader never sees a half-written file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 class ResultStore:
+    """A records file and its progress file (module docstring); `add` one image's records at a time."""
+
     def __init__(self, records_path, settings):
         self.records = Path(records_path)
         self.progress = self.records.with_name(self.records.name + ".progress")
@@ -77,7 +77,7 @@ class ResultStore:
 
     def _write_progress_header(self, finished_rows):
         lines = [json.dumps({"settings": self.settings})] + [json.dumps(row) for row in finished_rows]
-        _write_atomically(self.progress, "\n".join(lines) + "\n")
+        write_atomically(self.progress, "\n".join(lines) + "\n")
 
     def _keep_only(self, finished):
         """Rewrite both files without the records of unfinished or changed images (only when there are any)."""
@@ -85,7 +85,7 @@ class ResultStore:
         rows = _parse_json_lines(raw)
         kept = [row for row in rows if row.get("image") in finished]
         if len(kept) != len(rows) or (raw and not raw.endswith("\n")) or len(rows) != len(raw.splitlines()):
-            _write_atomically(self.records, "".join(json.dumps(row) + "\n" for row in kept))
+            write_atomically(self.records, "".join(json.dumps(row) + "\n" for row in kept))
         progress = [row for row in _read_json_lines(self.progress)[1:] if row.get("image") in finished]
         self._write_progress_header(progress)
 
@@ -105,6 +105,17 @@ class ResultStore:
 
     def all_records(self):
         return _read_json_lines(self.records)
+
+
+class StdoutRecords:
+    """Records as JSON Lines on stdout (a run without an output file), one image at a time; nothing to resume."""
+
+    def add(self, key, version, records):
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
+        sys.stdout.flush()
+
+    def close(self):
+        pass
 
 
 def _write_all(fd, text):
@@ -127,9 +138,9 @@ def write_coco(records, out, categories):
         x0, y0, x1, y1 = r["box"]
         results.append({"image_id": image_ids[r["image"]], "category_id": category_ids[r["label"]],
                         "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)], "score": r["score"]})  # fmt: skip
-    _write_atomically(out, json.dumps(results) + "\n")
+    write_atomically(out, json.dumps(results) + "\n")
     ids = {"images": [{"id": i, "file_name": p} for p, i in image_ids.items()],
            "categories": [{"id": i, "name": n} for n, i in category_ids.items()]}  # fmt: skip
     ids_path = out.with_name(out.stem + ".ids.json")
-    _write_atomically(ids_path, json.dumps(ids, indent=1) + "\n")
+    write_atomically(ids_path, json.dumps(ids, indent=1) + "\n")
     return out, ids_path

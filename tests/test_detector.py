@@ -1,39 +1,19 @@
 """mmgdino.Detector and `mmgdino detect`, offline: a small random-weight checkpoint and a made-up vocabulary saved
 to a temporary directory, loaded back the way a user's checkpoint is."""
 
-import json
-
-import model_builders as mb
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import mmgdino
-from mmgdino.cli import main
 
 LABELS = ["w200 w201", "w300", "w400 w401 w402"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    hf = mb.mm_grounding_dino(num_queries=20)
-    hf.save_pretrained(directory)
-    mb.offline_processor(directory).save_pretrained(directory)
-    return directory, hf
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(70, 90), (90, 60), (64, 64)]):
-        path = directory / f"img{i}.png"
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+def checkpoint(small_checkpoint):
+    return tuple(small_checkpoint)
 
 
 def expected_detections(hf, processor, images, labels, threshold):
@@ -139,59 +119,6 @@ def test_bad_inputs_raise_clear_errors(checkpoint, tmp_path):
         mmgdino.Detector(tmp_path / "nothing-here")
 
 
-def test_cli_detect_writes_jsonl_draws_and_resumes(checkpoint, images, tmp_path, capsys):
-    directory, _ = checkpoint
-    folder = images[0].parent
-    (folder / "zz_broken.png").write_text("not an image")
-    out, drawn = tmp_path / "results.jsonl", tmp_path / "drawn"
-    args = [
-        "detect",
-        str(folder),
-        "--labels",
-        *LABELS,
-        "--model",
-        str(directory),
-        "--threshold",
-        "0.05",
-        "--out",
-        str(out),
-        "--draw",
-        str(drawn),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "2",
-    ]
-    assert main(args) == 1  # the unreadable image is reported, the rest still run
-    assert "zz_broken.png: not a readable image" in capsys.readouterr().err
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {line["image"] for line in lines} == {str(p) for p in images}
-    assert all(set(line) == {"image", "label", "labels", "score", "box"} for line in lines)
-    assert sorted(p.name for p in drawn.iterdir()) == sorted(p.name for p in images)
-    (folder / "zz_broken.png").unlink()
-    assert main(args) == 0  # everything already done: nothing is appended
-    assert len(out.read_text().splitlines()) == len(lines)
-
-
-def test_cli_detects_in_bfloat16_on_the_cpu(checkpoint, images, tmp_path):
-    """--dtype bfloat16 on the CPU runs and writes well-formed records (agreement with float32 is checked stage by
-    stage in test_bfloat16_model.py: with random weights, end-to-end labels are not comparable)."""
-    directory, _ = checkpoint
-    out = tmp_path / "bf16.jsonl"
-    args = ["detect", str(images[0]), "--labels", *LABELS, "--model", str(directory), "--threshold", "0.05",
-            "--out", str(out), "--device", "cpu", "--dtype", "bfloat16"]  # fmt: skip
-    assert main(args) == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines and all(set(line) == {"image", "label", "labels", "score", "box"} for line in lines)
-    assert all(0 <= line["score"] <= 1 and line["label"] in LABELS for line in lines)
-
-
-def test_cli_reports_a_missing_model(tmp_path, images, capsys):
-    code = main(["detect", str(images[0]), "--labels", "a cat", "--model", str(tmp_path / "missing")])
-    assert code == 2
-    assert "no such directory" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- thresholds, labels, boxes
 
 
@@ -285,175 +212,4 @@ def test_chunks_are_merged_into_one_box_per_object(checkpoint, images):
     assert all(d in separate for d in merged)
 
 
-def test_to_supervision(checkpoint, images):
-    pytest.importorskip("supervision")
-    directory, _ = checkpoint
-    found = mmgdino.Detector(directory, device="cpu").detect(str(images[0]), LABELS, threshold=0.05)
-    detections = mmgdino.to_supervision(found, LABELS)
-    assert len(detections) == len(found)
-    np.testing.assert_allclose(detections.xyxy, np.array([d["box"] for d in found]).reshape(-1, 4), rtol=1e-6)
-    assert [LABELS[i] for i in detections.class_id] == [d["label"] for d in found]
-    with pytest.raises(mmgdino.UsageError, match="per image"):
-        mmgdino.to_supervision([found])
-
-
 # ---------------------------------------------------------------- the command line
-
-
-def _detect_args(directory, *inputs, out=None, labels=LABELS, extra=()):
-    args = ["detect", *map(str, inputs), "--labels", *labels, "--model", str(directory), "--threshold", "0.05",
-            "--device", "cpu", *extra]  # fmt: skip
-    return args + (["--out", str(out)] if out else [])
-
-
-@pytest.mark.parametrize(
-    "extra, words",
-    [
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--batch-size", "-1"], "--batch-size must be at least 1"),
-        (["--threshold", "1.2"], "threshold must be a number in"),
-        (["--text-threshold", "nan"], "text_threshold must be"),
-        (["--device", "cuda"], "device 'cuda' is not available"),
-        (["--device", "nope"], "is not a torch device"),
-        (["--out", "/nonexistent-folder/out.jsonl"], "does not exist"),
-        (["--format", "coco"], "--format coco needs --out"),
-        (["--labels", ""], "has no text"),
-        (["--labels", "."], "has no text"),
-    ],
-)
-def test_cli_usage_errors_are_one_line_and_exit_2_before_loading(images, tmp_path, capsys, extra, words):
-    # The model path does not exist: every one of these must be caught before the model loads.
-    code = main(_detect_args(tmp_path / "no-model", images[0]) + extra)
-    err = capsys.readouterr().err
-    assert code == 2 and words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-def test_cli_more_usage_errors(checkpoint, images, tmp_path, capsys):
-    directory, _ = checkpoint
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    assert main(_detect_args(directory, images[0], extra=["--draw", str(blocker / "sub")])) == 2
-    assert "cannot create the folder" in capsys.readouterr().err
-    assert main(_detect_args(directory, tmp_path / "missing.jpg")) == 2
-    assert "no such file or directory" in capsys.readouterr().err
-    empty_model = tmp_path / "config-only"
-    empty_model.mkdir()
-    (empty_model / "config.json").write_text((directory / "config.json").read_text())
-    assert main(_detect_args(empty_model, images[0])) == 2
-    assert "no readable weights" in capsys.readouterr().err
-    with pytest.raises(mmgdino.ModelLoadError):
-        main(["--debug", *_detect_args(empty_model, images[0])])  # --debug lets the traceback through
-    out = tmp_path / "dups.jsonl"
-    assert main(_detect_args(directory, images[0], out=out, labels=LABELS + LABELS[:1])) == 0
-    assert "duplicate labels ignored: w200 w201" in capsys.readouterr().err
-
-
-def test_cli_bench_plot_without_matplotlib_fails_up_front(monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert main(["bench", "--plot", "--quick"]) == 2
-    assert "--plot needs matplotlib" in capsys.readouterr().err
-
-
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_cli_interrupted_run_resumes_without_duplicates(checkpoint, images, tmp_path, capsys, monkeypatch):
-    directory, _ = checkpoint
-    out = tmp_path / "r.jsonl"
-    args = _detect_args(directory, *images, out=out)
-    from mmgdino import results
-
-    real_add, calls = results.ResultStore.add, []
-
-    def interrupt_after_one(self, *a):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_add(self, *a)
-
-    monkeypatch.setattr(results.ResultStore, "add", interrupt_after_one)
-    assert main(args) == 130
-    assert "interrupted; rerun the same command" in capsys.readouterr().err
-    assert len({r["image"] for r in _records(out)}) == 1
-    monkeypatch.setattr(results.ResultStore, "add", real_add)
-    # A torn tail (a write cut short) and records that never got their progress line are dropped and redone.
-    with out.open("a") as f:
-        f.write(json.dumps({"image": str(images[1].resolve()), "label": "x", "labels": [], "score": 1, "box": None}))
-        f.write("\n" + '{"image": "cut sho')
-    assert main(args) == 0
-    records = _records(out)
-    assert {r["image"] for r in records} == {str(p.resolve()) for p in images}
-    assert all(r["label"] != "x" for r in records)
-    full = tmp_path / "full.jsonl"
-    assert main(_detect_args(directory, *images, out=full)) == 0
-    key = lambda r: (r["image"], r["score"], r["label"])  # noqa: E731
-    assert sorted(records, key=key) == sorted(_records(full), key=key)
-
-
-def test_cli_resume_is_keyed_by_what_determines_the_result(checkpoint, images, tmp_path, capsys, monkeypatch):
-    directory, _ = checkpoint
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    image = folder / "one.png"
-    image.write_bytes(images[0].read_bytes())
-    out = tmp_path / "r.jsonl"
-    assert main(_detect_args(directory, image, out=out)) == 0
-    before = out.read_text()
-    monkeypatch.chdir(tmp_path)  # the same image as a relative path is the same image: nothing to do
-    assert main(_detect_args(directory, "imgs/one.png", out=out)) == 0
-    assert out.read_text() == before and "already in" in capsys.readouterr().err
-    assert main(_detect_args(directory, image, out=out, labels=["w300"])) == 2
-    assert "other settings (labels differ)" in capsys.readouterr().err
-    assert main(_detect_args(directory, image, out=out, extra=["--threshold", "0.5"])[:-2] + ["--out", str(out)]) == 2
-    image.write_bytes(images[1].read_bytes())  # a changed file is redone, its old records replaced
-    assert main(_detect_args(directory, image, out=out)) == 0
-    assert out.read_text() != before and len({r["image"] for r in _records(out)}) == 1
-
-
-def test_cli_draw_mirrors_folders_and_coco_format(checkpoint, images, tmp_path, capsys):
-    directory, _ = checkpoint
-    for name in ("a", "b"):
-        (tmp_path / "in" / name).mkdir(parents=True)
-        (tmp_path / "in" / name / "img.png").write_bytes(images[0].read_bytes())
-    drawn, out = tmp_path / "drawn", tmp_path / "coco.json"
-    assert (
-        main(_detect_args(directory, tmp_path / "in", out=out, extra=["--draw", str(drawn), "--format", "coco"])) == 0
-    )
-    assert sorted(str(p.relative_to(drawn)) for p in drawn.rglob("*.png")) == ["a/img.png", "b/img.png"]
-    coco = json.loads(out.read_text())
-    ids = json.loads((tmp_path / "coco.ids.json").read_text())
-    assert coco and {r["image_id"] for r in coco} == {1, 2}
-    assert [c["name"] for c in ids["categories"]] == LABELS
-    assert all(set(r) == {"image_id", "category_id", "bbox", "score"} and r["bbox"][2] >= 0 for r in coco)
-
-
-def test_cli_manifest_gives_each_image_its_vocabulary(checkpoint, images, tmp_path):
-    directory, _ = checkpoint
-    manifest = tmp_path / "m.jsonl"
-    vocabularies = [LABELS, ["w300"], ["w400 w401 w402", "w200 w201"]]
-    manifest.write_text(
-        "".join(json.dumps({"image": str(p), "labels": v}) + "\n" for p, v in zip(images, vocabularies))
-    )
-    out = tmp_path / "r.jsonl"
-    args = ["detect", "--manifest", str(manifest), "--model", str(directory), "--threshold", "0.05", "--device",
-            "cpu", "--batch-size", "3", "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    records = _records(out)
-    for path, vocabulary in zip(images, vocabularies):
-        labels = {r["label"] for r in records if r["image"] == str(path.resolve())}
-        assert labels and labels <= set(vocabulary)
-    csv_manifest = tmp_path / "m.csv"
-    csv_manifest.write_text("image,labels\n" + "".join(f"{p},{';'.join(v)}\n" for p, v in zip(images, vocabularies)))
-    out_csv = tmp_path / "r2.jsonl"
-    assert main(args[:2] + [str(csv_manifest)] + args[3:-1] + [str(out_csv)]) == 0
-    assert sorted(map(json.dumps, _records(out_csv))) == sorted(map(json.dumps, records))

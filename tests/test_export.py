@@ -10,8 +10,6 @@ import torch
 from PIL import Image
 
 from mmgdino import Detector, MMGroundingDinoForObjectDetection
-from mmgdino.cli import main
-from mmgdino.errors import UsageError
 
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
@@ -20,11 +18,8 @@ LABELS = ["w200", "w201 w202", "w203"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    mb.mm_grounding_dino(num_queries=20).save_pretrained(directory)
-    mb.offline_processor(directory).save_pretrained(directory)
-    return directory
+def checkpoint(small_checkpoint):
+    return small_checkpoint.directory
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def exported(checkpoint, tmp_path_factory):
 
 def _padded_batch(processor):
     """Two images in the fixed canvas, the second narrower (pixel_mask zeros), prompts of different lengths."""
-    from mmgdino.export import fit_inside
+    from mmgdino.onnx_runtime import fit_inside
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)) for size in ((90, 140, 3), (120, 50, 3))]
@@ -54,7 +49,7 @@ def _padded_batch(processor):
 def test_exported_file_gives_pytorchs_outputs_on_a_padded_batch(checkpoint, exported, runtime):
     if runtime == "openvino":
         pytest.importorskip("openvino")
-    from mmgdino.export import OnnxModel
+    from mmgdino.onnx_runtime import OnnxModel
 
     onnx_path, result = exported
     processor = mb.offline_processor(onnx_path.parent)
@@ -96,7 +91,7 @@ def test_detect_from_the_file_equals_pytorch_on_the_same_canvas(checkpoint, expo
     from_file = Detector(str(exported[0]), runtime=runtime).detect(images, LABELS, threshold=0.05, batch_size=2)
     in_torch = Detector(checkpoint)
     onnx_detector = Detector(str(exported[0]), runtime=runtime)
-    in_torch._pixels = onnx_detector._pixels  # the same fixed-canvas preprocessing
+    in_torch.runner.pixels = onnx_detector.runner.pixels  # the same fixed-canvas preprocessing
     expected = in_torch.detect(images, LABELS, threshold=0.05, batch_size=2)
     assert [len(d) for d in from_file] == [len(d) for d in expected] and sum(map(len, expected)) > 0
     for got, want in zip(from_file, expected):
@@ -104,51 +99,6 @@ def test_detect_from_the_file_equals_pytorch_on_the_same_canvas(checkpoint, expo
             assert a["label"] == b["label"] and a["labels"] == b["labels"]
             assert a["score"] == pytest.approx(b["score"], abs=2e-4)
             assert np.allclose(a["box"], b["box"], atol=0.05)
-
-
-def test_cli_export_then_detect(checkpoint, tmp_path, capsys):
-    out = tmp_path / "fixed.onnx"
-    assert main(["export", "onnx", "--model", str(checkpoint), "--out", str(out), "--image-size", "128x160"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["onnx"] == str(out) and out.is_file()
-    image = tmp_path / "a.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
-    records = tmp_path / "r.jsonl"
-    argv = ["detect", str(image), "--labels", *LABELS, "--model", str(out), "--threshold", "0.0", "--out", str(records)]
-    assert main(argv) == 0
-    rows = [json.loads(line) for line in records.read_text().splitlines()]
-    assert len(rows) == 20 and all(r["label"] in LABELS for r in rows)  # 20 queries, threshold 0
-    from mmgdino.export import OnnxModel
-
-    with pytest.raises(UsageError, match="batch 1"):
-        OnnxModel(out)(np.zeros((2, 3, *SIZE), np.float32), np.ones((2, *SIZE)), np.ones((2, 5)), np.ones((2, 5)))
-
-
-@pytest.mark.parametrize(
-    "extra, words",
-    [
-        (["--dynamic-size"], "not supported"),
-        (["--image-size", "10x10"], "at least 64"),
-        (["--image-size", "big"], "HEIGHTxWIDTH"),
-        (["--opset", "12"], "--opset"),
-    ],
-)
-def test_cli_export_errors_are_one_line(checkpoint, tmp_path, capsys, extra, words):
-    assert main(["export", "onnx", "--model", str(checkpoint), "--out", str(tmp_path / "m.onnx"), *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0], err
-
-
-def test_cli_export_and_runtime_misuse(checkpoint, tmp_path, capsys):
-    assert main(["export", "onnx", "--model", str(checkpoint), "--out", str(tmp_path / "m.txt")]) == 2
-    assert ".onnx" in capsys.readouterr().err
-    image = tmp_path / "a.png"
-    Image.new("RGB", (32, 32)).save(image)
-    argv = ["detect", str(image), "--labels", "w200", "--model", str(checkpoint), "--runtime", "openvino"]
-    assert main(argv) == 2
-    assert "exported --model FILE.onnx" in capsys.readouterr().err
-    assert main(["detect", str(image), "--labels", "w200", "--model", str(tmp_path / "none.onnx")]) == 2
-    assert "no such ONNX file" in capsys.readouterr().err
 
 
 def test_bench_agreement_matches_queries_as_a_set():
@@ -164,8 +114,3 @@ def test_bench_agreement_matches_queries_as_a_set():
     moved = boxes.copy()
     moved[0, 2] += 0.1
     assert agreement((logits, moved), (logits, boxes))["matched"] == pytest.approx(5 / 6)
-
-
-def test_cli_bench_onnx_checks_its_size_first(capsys):
-    assert main(["bench", "--onnx", "tiny"]) == 2
-    assert "HEIGHTxWIDTH" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from helpers import (
     rel_err,
 )
 
-import mmgdino
 from mmgdino import ops
 
 BACKENDS = backend_params("ms_deform_attn")
@@ -177,13 +176,6 @@ def test_opcheck_backward_operator():
     torch.library.opcheck(torch.ops.mmgdino.ms_deform_attn_backward.default, (grad, value, shapes, starts, loc, attn))
 
 
-def test_default_backend_on_cpu_is_the_best_available():
-    assert ops.available_backends("ms_deform_attn", "cpu")[0] == (
-        "cpu" if mmgdino._extension.has_cpu_kernels else "torch"
-    )
-    assert "torch" in ops.available_backends("ms_deform_attn", "cpu")
-
-
 # ---------------------------------------------------------------- bad input
 
 
@@ -216,16 +208,6 @@ def test_bad_input_raises_from_the_raw_operator(case):
     args.update(change(args))
     with pytest.raises((error, RuntimeError), match=words):
         torch.ops.mmgdino.ms_deform_attn(*args.values())
-
-
-def test_unknown_and_unavailable_backends_name_the_available_ones():
-    inputs = msda_inputs()
-    with pytest.raises(ValueError, match="available on cpu: .*torch"):
-        ops.ms_deform_attn(*inputs, backend="nope")
-    with pytest.raises(ValueError, match="not available .*available: .*torch"):
-        ops.ms_deform_attn(*inputs, backend="cuda")
-    with pytest.raises(ValueError, match="unknown mmgdino operator"):
-        ops.available_backends("nope")
 
 
 @pytest.mark.parametrize("backend_device", BACKENDS)

@@ -6,14 +6,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import model_builders as mb
 import numpy as np
 import pytest
 from datasets import make_dataset
 from PIL import Image
 
-from mmgdino import distributed, evaluation
+from mmgdino import distributed, evaluation, sources
 from mmgdino.cli import main
+from mmgdino.detection import DetectJob
 from mmgdino.errors import UsageError
 from mmgdino.results import ResultStore
 
@@ -52,18 +52,6 @@ def test_plan_refuses_what_cannot_run(resources, options, words):
         distributed.plan(resources, distributed.RayOptions(**options))
 
 
-def test_file_uris_are_listed_and_read_through_pyarrow(tmp_path):
-    pytest.importorskip("pyarrow")
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "a" / "b" / "x.png")
-    (tmp_path / "a" / "notes.txt").write_text("not an image")
-    found = distributed.list_images([f"file://{tmp_path}/a"], {".png"})
-    assert [key for key, _ in found] == [f"file://{tmp_path}/a/b/x.png"]
-    image = distributed.read_image(found[0][0])
-    assert image.size == (8, 6) and image.getpixel((0, 0)) == (10, 20, 30)
-    assert found[0][1] == distributed.version_of(found[0][0])
-
-
 # ------------------------------------------------------------------ on a local cluster
 
 
@@ -95,11 +83,8 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    mb.mm_grounding_dino(num_queries=20).save_pretrained(directory)
-    mb.offline_processor(directory).save_pretrained(directory)
-    return directory
+def checkpoint(small_checkpoint):
+    return small_checkpoint.directory
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +113,9 @@ def _detect_argv(images, out, checkpoint, extra=()):
 def test_ray_detect_writes_what_the_single_process_run_writes(ray_cluster, checkpoint, image_folder, tmp_path):
     # One image per forward in both: a padded batch depends on which images share it, which Ray decides.
     assert main(_detect_argv(image_folder, tmp_path / "single.jsonl", checkpoint)) == 0
-    assert main(_detect_argv(image_folder, tmp_path / "ray.jsonl", checkpoint, ["--ray", "--batch-size", "1"])) == 0
+    # The README's command for a 2-CPU machine: two half-CPU actors, each with this process's thread count.
+    small_machine = ["--ray", "--batch-size", "1", "--workers", "2", "--cpus-per-worker", "0.5"]
+    assert main(_detect_argv(image_folder, tmp_path / "ray.jsonl", checkpoint, small_machine)) == 0
     single, on_ray = _records(tmp_path / "single.jsonl"), _records(tmp_path / "ray.jsonl")
     assert on_ray == single
     assert len({r[0] for r in on_ray}) == 24
@@ -139,9 +126,9 @@ def test_ray_detect_writes_what_the_single_process_run_writes(ray_cluster, check
 
 def test_a_worker_killed_mid_run_still_gives_every_image_once(ray_cluster, checkpoint, image_folder, tmp_path):
     marker = tmp_path / "died"
-    job = distributed.DetectJob(str(checkpoint), threshold=0.0, batch_size=1,
-                                fault_injection={"marker": str(marker), "after_batches": 1})  # fmt: skip
-    found = distributed.list_images([image_folder], {".png"})
+    job = DetectJob(str(checkpoint), threshold=0.0, batch_size=1,
+                    fault_injection={"marker": str(marker), "after_batches": 1})  # fmt: skip
+    found = sources.list_images([image_folder], {".png"})
     store = ResultStore(tmp_path / "out.jsonl", {"test": 1})
     versions = dict(found)
     store.open(versions)
@@ -152,7 +139,7 @@ def test_a_worker_killed_mid_run_still_gives_every_image_once(ray_cluster, check
         store.close()
     assert marker.exists(), "the injected failure did not happen"
     images = [json.loads(line)["image"] for line in (tmp_path / "out.jsonl.progress").read_text().splitlines()[1:]]
-    assert sorted(images) == sorted(versions) and summary["images"] == 24 and not summary["failures"]
+    assert sorted(images) == sorted(versions) and summary.images == 24 and not summary.failures
 
 
 def test_an_interrupted_ray_run_resumes_without_duplicates(ray_cluster, checkpoint, image_folder, tmp_path,
