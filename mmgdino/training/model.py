@@ -42,12 +42,6 @@ def build_model(where):
     return _loaded(AutoModelForZeroShotObjectDetection.from_pretrained, where, "model")
 
 
-def load_processor(where):
-    from transformers import AutoProcessor
-
-    return _loaded(AutoProcessor.from_pretrained, where, "processor")
-
-
 def part_of(name):
     return next((part for part, prefix in PARTS.items() if name.startswith(prefix)), None)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .. import evaluation
-from ..detector import DEFAULT_MODEL, check_device_and_dtype
 from ..errors import UsageError
+from ..loading import DEFAULT_MODEL, check_device_and_dtype, load_processor
 from . import model as model_parts
 from . import report as reporting
 from .augment import Augmentation
@@ -107,7 +107,7 @@ def train(config=None, log=None, **settings):
         (out / "data-issues.txt").write_text("".join(i.line() + "\n" for i in training_set.issues))
 
     where = config.model or DEFAULT_MODEL
-    processor = model_parts.load_processor(where)
+    processor = load_processor(where)
     # A resumed run reads its weights from the checkpoint, through the class's own loader (transformers renames
     # keys when it saves: a plain state-dict load, the Trainer's, would miss them). With LoRA the base weights
     # are the starting model's and only the adapters come from the checkpoint.
