@@ -10,7 +10,12 @@ import pytest
 import torch
 from datasets import make_scenes
 from safetensors.torch import load_file
-from train_support import SMALL_SIZE, no_hf_datasets, small_checkpoint
+from train_support import (
+    SMALL_SIZE,
+    no_hf_datasets,
+    one_thread,  # noqa: F401  (a fixture)
+    small_checkpoint,
+)
 
 pytest.importorskip("accelerate")
 pytest.importorskip("faster_coco_eval")
@@ -21,13 +26,7 @@ from mmgdino.training import trainer as trainer_module  # noqa: E402
 FIXED = dict(scales=(48,), image_size=SMALL_SIZE, crop=0.0)  # one scale, no crop: 48-pixel scenes as they are
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    no_hf_datasets(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(folder):
@@ -199,7 +198,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
         if state.global_step == 3:
             raise Interrupted
 
-    monkeypatch.setattr(trainer_module.EpochAndTiming, "on_save", stop_after_the_first_checkpoint, raising=False)
+    monkeypatch.setattr(trainer_module.StepTiming, "on_save", stop_after_the_first_checkpoint, raising=False)
     with pytest.raises(Interrupted):
         _run(tmp_path, tmp_path / "split")
     monkeypatch.undo()

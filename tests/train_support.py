@@ -8,6 +8,8 @@ truth for the test's duration; a run outside the tests (the console script, torc
 """
 
 import model_builders as mb
+import pytest
+import torch
 
 SMALL_SIZE = (48, 64)  # training and evaluation scale of the scene tests (shorter, longer side)
 
@@ -18,6 +20,17 @@ def no_hf_datasets(monkeypatch):
     module = getattr(transformers.trainer, "datasets", None)
     if module is not None and not hasattr(module, "Dataset"):
         monkeypatch.setattr(transformers.trainer, "is_datasets_available", lambda: False)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread for the test: tiny operators on two shared cores run several times faster on one
+    thread, and runs compared bit for bit must use the same count. Also `no_hf_datasets`."""
+    no_hf_datasets(monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_checkpoint(directory, seed=0, **overrides):

@@ -3,7 +3,7 @@ drift apart) and its run function. `register(subparsers)` adds the subcommand to
 
 Exit codes (mmgdino's): 0 done; 1 done, but some training images could not be used (each named on its own line
 at the start); 2 a usage or setup error, one line, before any training; 130 interrupted (checkpoints so far are
-kept: rerun with --resume).
+kept: rerun the same command to continue).
 """
 
 import argparse
@@ -83,11 +83,13 @@ def to_argv(config):
 
 
 def run(args):
-    from .launch import launch
-    from .run import train
+    from .launch import check_processes, launch
+    from .run import check_before_launch, train
 
     config = config_from(args).check()
     if args.nproc_per_node != 1:
+        check_processes(args.nproc_per_node)
+        check_before_launch(config)
         return launch(args.nproc_per_node, to_argv(config))
     report = train(config)
     if report is None:  # a process other than the first of a multi-process run

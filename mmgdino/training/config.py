@@ -51,8 +51,8 @@ class TrainConfig:
     device: str = option(None, "cpu or cuda (default: cuda if available)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     seed: int = option(42, "seed of the weights' adapters, the sample order and every augmentation")
-    resume: str = option(None, "continue from the newest checkpoint in --out, or from this checkpoint folder",
-                         nargs="?", const="auto")  # fmt: skip
+    resume: str = option("auto", "auto: continue from the newest checkpoint in --out (a rerun of an interrupted "
+                         "command finishes it); no: start over; or a checkpoint folder to continue from")  # fmt: skip
     image_size: tuple = option((800, 1333), "largest training scale, shorter,longer side: mmdetection's scales "
                                "(480..800, 1333) scaled to it; also the evaluation's resize")  # fmt: skip
     scales: tuple = option(None, "shorter sides to draw each image's from, e.g. 480,512,800 (default: "
@@ -75,6 +75,22 @@ class TrainConfig:
     def eval_scale(self):
         return tuple(self.image_size)
 
+    def run_settings(self):
+        """What a resumed run must share with the run it continues (its length, evaluation sets and logging may
+        change)."""
+        free = {"epochs", "max_steps", "resume", "out", "progress", "logging_steps", "report_to", "cost_per_hour",
+                "workers", "save_total_limit", "val_annotations", "val_images", "holdout_annotations",
+                "holdout_images"}  # fmt: skip
+        found = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in free:
+                continue
+            if f.name in ("train_annotations", "train_images") or (f.name == "model" and Path(str(value)).exists()):
+                value = str(Path(value).resolve())
+            found[f.name] = list(value) if isinstance(value, tuple) else value
+        return found
+
     def frozen_parts(self, training_images):
         if self.freeze == "auto":
             return ("text",) if training_images < AUTO_FREEZE_TEXT_BELOW else ()
@@ -89,6 +105,10 @@ class TrainConfig:
             raise UsageError(f"--train-annotations {self.train_annotations}: no such file")
         if not Path(self.train_images).is_dir():
             raise UsageError(f"--train-images {self.train_images}: no such folder")
+        model = str(self.model or "")
+        looks_like_a_path = Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+        if model and looks_like_a_path and not Path(model).expanduser().is_dir():  # else a hub id ("org/name")
+            raise UsageError(f"--model {model}: no such directory")
         for kind in ("val", "holdout"):
             annotations, images = getattr(self, f"{kind}_annotations"), getattr(self, f"{kind}_images")
             if (annotations is None) != (images is None):
@@ -114,8 +134,8 @@ class TrainConfig:
             if not scales or not all(isinstance(s, int) and 8 <= s <= size[1] for s in scales):
                 raise UsageError(f"--scales must be whole numbers from 8 to the longer --image-size side "
                                  f"({size[1]}), got {self.scales!r}")  # fmt: skip
-        if self.resume not in (None, "auto") and not Path(self.resume).is_dir():
-            raise UsageError(f"--resume {self.resume}: no such checkpoint folder")
+        if self.resume not in ("auto", "no") and not Path(str(self.resume)).is_dir():
+            raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or give auto or no)")
         return self
 
 

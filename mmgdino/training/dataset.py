@@ -1,6 +1,11 @@
-"""The training images as a torch Dataset: item i of epoch e is image i, augmented and prompted with a generator
-seeded by (seed, epoch, i), so it is the same whichever process, worker or resumed run draws it. The epoch is
-set by the trainer's callback before each epoch's data loader starts (`set_epoch`)."""
+"""The training images as a torch Dataset, and the order they come in.
+
+Item i of epoch e is image i, augmented and prompted with a generator seeded by (seed, epoch, i), so it is the same
+whichever process, data-loader worker or resumed run draws it. The order is `EpochOrder`: a permutation seeded by
+(seed, epoch), the same for any number of processes, which accelerate then deals out batch by batch (process p
+takes batches p, p + N, ...): N processes with batch b see, step by step, the images one process with batch N*b
+sees. The Trainer sets the epoch on the sampler before each epoch's iterator starts; the sampler passes it on to
+the data set."""
 
 import sys
 
@@ -11,6 +16,21 @@ from ..errors import ImageReadError
 from ..images import load_image
 from .augment import augment
 from .prompts import targets
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch, 1 << 31]).permutation(len(self.dataset)).tolist())
 
 
 class TrainingImages(torch.utils.data.Dataset):

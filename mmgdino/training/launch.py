@@ -39,13 +39,17 @@ def torchrun_arguments(nproc, argv, port=None):
             "--master-port", str(port or free_port()), "--no-python", console_script(), *argv]  # fmt: skip
 
 
+def check_processes(nproc):
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UsageError(f"--nproc-per-node must be a whole number >= 1, got {nproc!r}")
+
+
 def launch(nproc, argv, threads=None):
     """Runs `mmgdino <argv>` in nproc processes here; returns the exit code (rank 0's when one failed)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise UsageError(f"--nproc-per-node must be a whole number >= 1, got {nproc!r}")
+    check_processes(nproc)
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -54,6 +58,8 @@ def launch(nproc, argv, threads=None):
     except ChildFailedError as exc:
         codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
         code = codes.get(0, next(iter(codes.values())))
+        if code < 0:  # killed by a signal: Ctrl-C reaches the workers as SIGINT
+            return 130 if code == -2 else 1
         return code if code in (1, 2, 130) else 1
     finally:
         if previous is None:

@@ -5,11 +5,13 @@ problems reported, one line each) -> model and processor -> parts frozen / LoRA 
 (zero-shot guard, before) -> transformers' Trainer (trainer.py) -> the final model (the best checkpoint by
 validation AP, else the last) copied to OUT/model -> the held-out set evaluated again (after) -> the report.
 
-Files in OUT: checkpoint-N/ (the Trainer's: a save_pretrained folder plus optimizer, scheduler, random states),
-model/ (the model to use), eval/epoch-E/ (`mmgdino eval`'s output per evaluation), holdout-before/ and
-holdout-after/, data-issues.txt, metrics.json, summary.md, report.png.
+Files in OUT: train-settings.json (what a rerun must share to continue), checkpoint-N/ (the Trainer's: a
+save_pretrained folder plus optimizer, scheduler and random states), model/ (the model to use), eval/epoch-E/
+(`mmgdino eval`'s output per evaluation), holdout-before/ and holdout-after/, data-issues.txt, metrics.json,
+summary.md, report.png.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -34,6 +36,7 @@ from .prompts import Collator, PromptSampler
 # What a checkpoint holds beyond the model: left out of OUT/model.
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")
 TRAIN_EXTRA = "pip install 'mmgdino[train]'"
+RUN_SETTINGS = "train-settings.json"
 
 
 def _is_main_process():
@@ -55,14 +58,55 @@ def _requirements(config):
             raise UsageError(f"evaluation needs faster-coco-eval: {TRAIN_EXTRA}") from None
 
 
-def _resume_from(config, out):
-    if config.resume is None:
-        return None
-    if config.resume != "auto":
-        return str(config.resume)
-    from transformers.trainer_utils import get_last_checkpoint
+def _resume_from(config, out, main):
+    """The checkpoint to continue from (None: start over). A rerun into an --out holding checkpoints continues
+    them, after checking that it is the same run (RUN_SETTINGS)."""
+    if config.resume == "no":
+        checkpoint = None
+    elif config.resume != "auto":
+        checkpoint = str(config.resume)
+    else:
+        from transformers.trainer_utils import get_last_checkpoint
 
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+        checkpoint = get_last_checkpoint(str(out))
+    saved, settings = out / RUN_SETTINGS, config.run_settings()
+    if checkpoint and config.resume == "auto" and saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = [k for k in settings if before.get(k) != settings[k]]
+        if changed:
+            k = changed[0]
+            raise UsageError(f"--out {out} holds a run with other settings (--{k.replace('_', '-')} "
+                             f"{before.get(k)!r} there, {settings[k]!r} now); use another --out, or --resume no to "
+                             "start over")  # fmt: skip
+    if main:
+        saved.write_text(json.dumps(settings, indent=1) + "\n")
+    return checkpoint
+
+
+def _setup(config):
+    """The device, after the packages and the dtype are checked (UsageError)."""
+    _requirements(config)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+    device, _ = check_device_and_dtype(config.device, dtype)
+    if config.dtype == "float16" and device.type != "cuda":
+        raise UsageError("--dtype float16 (mixed precision) needs CUDA; use bfloat16 on CPUs")
+    return device
+
+
+def _evaluation_sets(config):
+    for kind in ("val", "holdout"):
+        if getattr(config, f"{kind}_annotations"):
+            evaluation.load_dataset(getattr(config, f"{kind}_annotations"), getattr(config, f"{kind}_images"), "coco")
+
+
+def check_before_launch(config):
+    """What `train` checks before it trains, for a launcher to run once before it starts the processes, so that
+    a usage error is one line from one process: settings, packages, device, data files, the model's processor."""
+    config.check()
+    _setup(config)
+    _evaluation_sets(config)
+    read_training_set(config.train_annotations, config.train_images, config.empty_images)
+    load_processor(config.model or DEFAULT_MODEL)
 
 
 def _copy_model(checkpoint, destination):
@@ -83,21 +127,15 @@ def train(config=None, log=None, **settings):
     config = (config or TrainConfig(**settings)).check()
     main = _is_main_process()
     say = (log or (lambda m: print(f"mmgdino train: {m}", file=sys.stderr, flush=True))) if main else (lambda m: None)
-    _requirements(config)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
-    device, _ = check_device_and_dtype(config.device, dtype)
-    if config.dtype == "float16" and device.type != "cuda":
-        raise UsageError("--dtype float16 (mixed precision) needs CUDA; use bfloat16 on CPUs")
+    device = _setup(config)
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
-    checkpoint = _resume_from(config, out)
+    checkpoint = _resume_from(config, out, main)
     val_protocol = "coco"
-    for kind in ("val", "holdout"):
-        if getattr(config, f"{kind}_annotations"):
-            evaluation.load_dataset(getattr(config, f"{kind}_annotations"), getattr(config, f"{kind}_images"), "coco")
+    _evaluation_sets(config)
 
     training_set = read_training_set(config.train_annotations, config.train_images, config.empty_images)
     say(training_set.summary())
@@ -198,8 +236,6 @@ def train(config=None, log=None, **settings):
 
 
 def _holdout(config, model, processor, folder, device, reuse=False):
-    import json
-
     if reuse and (folder / "metrics.json").is_file():  # a resumed run measured the starting model already
         return json.loads((folder / "metrics.json").read_text())["metrics"]
     return run_protocol(model, processor, config.holdout_annotations, config.holdout_images, folder,
@@ -207,7 +243,7 @@ def _holdout(config, model, processor, folder, device, reuse=False):
 
 
 def _trainer(config, model, processor, dataset, collator, record, device, checkpoint):
-    from .trainer import DetectionTrainer, EpochAndTiming, training_arguments
+    from .trainer import DetectionTrainer, StepTiming, training_arguments
 
     has_validation = config.val_annotations is not None
     args = training_arguments(config, config.out, has_validation, device.type)
@@ -218,7 +254,7 @@ def _trainer(config, model, processor, dataset, collator, record, device, checkp
         eval_dataset=[config.val_annotations] if has_validation else None,  # evaluate() reads the files itself
         data_collator=collator,
         processing_class=processor,
-        callbacks=[EpochAndTiming(dataset, record), record.losses],
+        callbacks=[StepTiming(record), record.losses],
         run=record,
     )
     record.losses.trainer = trainer

@@ -11,7 +11,8 @@ What this module adds, each through a documented extension point of `Trainer`:
 - `evaluate`: `mmgdino eval`'s protocol on the validation set (`evaluation_hook`), AP as `eval_AP`, so the best
   checkpoint is the best AP (`metric_for_best_model`);
 - `save_model`: checkpoints through `model.save_checkpoint` (save_pretrained folders both classes load);
-- callbacks: the data set's epoch (each sample's random draw), seconds per step, the epochs' losses (`report`).
+- `get_train_dataloader`: the data in `dataset.EpochOrder`, the same for any number of processes;
+- callbacks: seconds per step, the epochs' losses (`report`).
 """
 
 import math
@@ -21,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from . import model as model_parts
+from .dataset import EpochOrder
 from .evaluation_hook import evaluate_during_training
 
 LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou")  # the last decoder layer's; the total includes every layer
@@ -54,6 +56,22 @@ def step_schedule(optimizer, warmup_steps, total_steps, drop_at=11 / 12, factor=
     return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
 
 
+def ddp_loss_scale(labels, world_size, device):
+    """What makes each process's loss its share of the one-process loss, so that DDP's gradient average equals
+    the one-process gradient. transformers' detection loss (`loss_for_object_detection.ImageLoss`) normalizes by
+    max(N / world_size**2, 1) for N boxes over all processes (it averages the box count over the processes, then
+    divides by their number again); the share is world_size / max(N, 1)."""
+    boxes = torch.tensor([float(sum(len(t["class_labels"]) for t in labels))], device=device)
+    total = float(_all_reduce_sum(boxes).item())
+    return max(total / world_size**2, 1.0) * world_size / max(total, 1.0)
+
+
+def _all_reduce_sum(value):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value)
+    return value
+
+
 def training_arguments(config, out, has_validation, device_type):
     schedules = {"step": "constant", "cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
     checkpointing = {}
@@ -70,7 +88,7 @@ def training_arguments(config, out, has_validation, device_type):
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else None,
+        max_grad_norm=config.max_grad_norm,  # 0: no clipping
         lr_scheduler_type=schedules[config.schedule],
         warmup_steps=config.warmup_steps,
         bf16=config.dtype == "bfloat16",
@@ -93,7 +111,7 @@ def training_arguments(config, out, has_validation, device_type):
         dataloader_persistent_workers=False,  # a new pickle of the data set each epoch carries its epoch
         remove_unused_columns=False,
         disable_tqdm=not config.progress,
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=True,  # transformers' loss leaves the proposal heads without gradients
     )
 
 
@@ -104,6 +122,20 @@ class DetectionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run = run  # the run's settings and what it records (run.Run)
         self.model_accepts_loss_kwargs = False  # labels are a list of boxes per image, not a token tensor
+
+    def get_train_dataloader(self):
+        """The data set in EpochOrder (the same for any number of processes), batched, prepared by accelerate."""
+        args = self.args
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=args.per_device_train_batch_size,
+            sampler=EpochOrder(self.train_dataset, args.data_seed if args.data_seed is not None else args.seed),
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            drop_last=args.dataloader_drop_last,
+        )
+        return self.accelerator.prepare(loader)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -120,7 +152,11 @@ class DetectionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         terms = getattr(outputs, "loss_dict", None) or {}
-        self.run.losses.add(loss, {k: terms[k] for k in LOSS_TERMS if k in terms})
+        terms = {k: terms[k] for k in LOSS_TERMS if k in terms}
+        if self.args.world_size > 1:
+            scale = ddp_loss_scale(inputs["labels"], self.args.world_size, loss.device)
+            loss, terms = loss * scale, {k: v * scale for k, v in terms.items()}
+        self.run.losses.add(loss, terms)
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -135,16 +171,13 @@ class DetectionTrainer(Trainer):
             model_parts.save_checkpoint(model, self.processing_class, output_dir or self.args.output_dir)
 
 
-class EpochAndTiming(TrainerCallback):
-    """Sets the data set's epoch before each epoch's loader starts, and times the optimizer steps (forward,
-    backward, clipping, update; data loading happens before `on_step_begin`)."""
+class StepTiming(TrainerCallback):
+    """Times the optimizer steps: forward, backward, clipping, update (data loading happens before
+    `on_step_begin`)."""
 
-    def __init__(self, dataset, run):
-        self.dataset, self.run = dataset, run
+    def __init__(self, run):
+        self.run = run
         self.began = None
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(math.floor(state.epoch + 1e-9) if state.epoch else 0)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if torch.cuda.is_available() and args.device.type == "cuda":
