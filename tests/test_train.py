@@ -271,3 +271,33 @@ def test_lora_trains_adapters_only_and_checkpoints_hold_the_merged_weights(tmp_p
     train(out=tmp_path / "split", max_steps=4, save_steps=2, resume="auto", **common)
     split = _parameters(tmp_path / "split" / "model")
     assert all(torch.allclose(split[k], end[k], atol=1e-6) for k in end)
+
+
+def test_mixed_precision_workers_and_a_vocabulary_longer_than_the_prompt(tmp_path):
+    """bfloat16 autocast on the CPU, two data-loader processes, and twelve classes in a 16-token prompt (each
+    image's own prompt: its classes and sampled negatives) train without a hitch."""
+    checkpoint = small_checkpoint(tmp_path / "checkpoint")
+    annotations, images = make_scenes(tmp_path / "data", num_images=4)
+    data = json.loads(annotations.read_text())
+    data["categories"] += [{"id": 10 + k, "name": f"w{300 + k}"} for k in range(9)]
+    annotations.write_text(json.dumps(data))
+    report = train(train_annotations=annotations, train_images=images, out=tmp_path / "out", model=str(checkpoint),
+                   batch_size=2, max_steps=2, dtype="bfloat16", workers=2, negatives=3, progress=False,
+                   **FIXED)  # fmt: skip
+    assert "its classes and up to 3 others, within 16 tokens" in report["data"]["prompt"]
+    assert report["timing"]["steps"] == 2 and all(e["loss"] > 0 for e in report["epochs"])
+
+
+def test_gradient_checkpointing_runs_or_is_refused_in_one_line(tmp_path):
+    from mmgdino.errors import UsageError
+    from mmgdino.training import model as model_parts
+
+    checkpoint = small_checkpoint(tmp_path / "checkpoint")
+    annotations, images = make_scenes(tmp_path / "data", num_images=2)
+    settings = dict(train_annotations=annotations, train_images=images, out=tmp_path / "out", model=str(checkpoint),
+                    gradient_checkpointing=True, max_steps=1, batch_size=2, progress=False, **FIXED)  # fmt: skip
+    if getattr(model_parts.build_model(checkpoint), "supports_gradient_checkpointing", False):
+        assert train(**settings)["timing"]["steps"] == 1
+    else:  # transformers' MM Grounding DINO has none
+        with pytest.raises(UsageError, match="--gradient-checkpointing: .* does not support it"):
+            train(**settings)

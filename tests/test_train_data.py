@@ -74,20 +74,19 @@ def test_a_file_unusable_as_a_whole_is_one_usage_error(tmp_path, change, words):
     assert "\n" not in str(caught.value)
 
 
-def test_an_image_damaged_after_the_check_is_replaced_and_reported_once(tmp_path, tokenizer):
+def test_an_image_damaged_after_the_check_is_replaced_and_reported_once(tmp_path):
     path, images = make_scenes(tmp_path, num_images=3)
     found = read_training_set(path, images)
     (images / "scene1.png").write_bytes((images / "scene1.png").read_bytes()[:60])  # header intact, data gone
     messages = []
     fixed = aug.Augmentation(scales=(48,), max_size=64, flip=0.0, crop=0.0)
-    dataset = TrainingImages(found, PromptSampler(found.names, tokenizer, 16), fixed, [0.5] * 3, [0.25] * 3,
-                             log=messages.append)  # fmt: skip
+    dataset = TrainingImages(found, fixed, [0.5] * 3, [0.25] * 3, log=messages.append)
     replaced = dataset[1]
     assert torch.equal(replaced["pixel_values"], dataset[2]["pixel_values"])  # the next image took its place
     assert len(messages) == 1 and "scene1.png" in messages[0] and "replaced" in messages[0]
     dataset[1]
     assert len(messages) == 1
-    assert replaced["labels"]["boxes"].shape[1] == 4
+    assert replaced["boxes"].shape[1] == 4 and replaced["key"] == (0, 0, 1)
 
 
 # ------------------------------------------------------------------ augmentations
@@ -118,19 +117,18 @@ def test_flip_resize_and_crop_move_boxes_with_the_pixels():
     assert cb.tolist() == [[0.0, 5.0, 15.0, 10.0]] and labels.tolist() == [1]  # clipped; the second is outside
 
 
-def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path, tokenizer):
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     path, images = make_scenes(tmp_path, num_images=4, size=64)
     found = read_training_set(path, images)
     settings = aug.Augmentation.scaled(64, 96)
 
     def item(epoch, index, seed=0):
-        dataset = TrainingImages(found, PromptSampler(found.names, tokenizer, 16), settings, [0.5] * 3, [0.25] * 3,
-                                 seed=seed)  # fmt: skip
+        dataset = TrainingImages(found, settings, [0.5] * 3, [0.25] * 3, seed=seed)
         dataset.set_epoch(epoch)
         return dataset[index]
 
     a, b = item(1, 2), item(1, 2)
-    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"]["boxes"], b["labels"]["boxes"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and np.array_equal(a["boxes"], b["boxes"])
     others = [item(e, 2, s)["pixel_values"] for e, s in ((0, 0), (2, 0), (1, 1), (3, 0))]
     assert any(o.shape != a["pixel_values"].shape or not torch.equal(o, a["pixel_values"]) for o in others)
 
@@ -194,15 +192,25 @@ def test_targets_and_batches(tokenizer):
     labels = targets(np.array([[10.0, 20.0, 20.0, 10.0], [0, 0, 5, 5]]), np.array([1, 2]), {1: 0}, 40, 50)
     assert labels["class_labels"].tolist() == [0]  # class 2 not in the prompt
     assert labels["boxes"][0].tolist() == pytest.approx([0.5, 0.5, 0.5, 0.2])
+    names = [f"w{300 + i}" for i in range(20)]
+    boxes = np.array([[1.0, 1.0, 2.0, 2.0]])
     samples = [
-        {"pixel_values": torch.ones(3, 4, 6), "input_ids": [101, 5, 1012, 102], "labels": labels},
-        {"pixel_values": torch.ones(3, 5, 3), "input_ids": [101, 5, 1012, 7, 1012, 102], "labels": labels},
+        {"pixel_values": torch.ones(3, 4, 6), "boxes": boxes, "classes": np.array([3]), "key": (0, 0, 5)},
+        {"pixel_values": torch.ones(3, 5, 3), "boxes": boxes, "classes": np.array([11]), "key": (0, 0, 6)},
     ]
-    batch = Collator(0)(samples)
+    batch = Collator(PromptSampler(names, tokenizer, 16, negatives=2))(samples)
     assert batch["pixel_values"].shape == (2, 3, 5, 6) and batch["pixel_mask"][0].sum() == 24
     assert batch["pixel_mask"][1, :, 3:].sum() == 0 and batch["pixel_values"][1, :, :, 3:].abs().sum() == 0
-    assert batch["input_ids"][0].tolist() == [101, 5, 1012, 102, 0, 0]
-    assert batch["attention_mask"].sum(1).tolist() == [4, 6] and len(batch["labels"]) == 2
+    ids = batch["input_ids"][0].tolist()
+    assert torch.equal(batch["input_ids"][1], batch["input_ids"][0]) and batch["attention_mask"].all()
+    assert 303 in ids and 311 in ids and len(ids) == 2 + 4 * 2  # both images' classes and two negatives
+    for sample, label in zip(samples, batch["labels"]):  # each box's phrase is its class's word
+        (phrase,) = label["class_labels"].tolist()
+        (token,) = _label_maps(ids)[phrase, : len(ids)].nonzero().flatten().tolist()
+        assert ids[token] == 300 + int(sample["classes"][0])
+    assert torch.equal(
+        Collator(PromptSampler(names, tokenizer, 16, negatives=2))(samples)["input_ids"], batch["input_ids"]
+    )  # the same keys draw the same prompt (a resumed run's)
 
 
 def test_scene_colours_are_distinct_per_category():

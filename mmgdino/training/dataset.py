@@ -1,7 +1,8 @@
 """The training images as a torch Dataset, and the order they come in.
 
-Item i of epoch e is image i, augmented and prompted with a generator seeded by (seed, epoch, i), so it is the same
-whichever process, data-loader worker or resumed run draws it. The order is `EpochOrder`: a permutation seeded by
+Item i of epoch e is image i, augmented with a generator seeded by (seed, epoch, i), so it is the same whichever
+process, data-loader worker or resumed run draws it (its batch's prompt is drawn from the batch's keys, in
+prompts.Collator). The order is `EpochOrder`: a permutation seeded by
 (seed, epoch), the same for any number of processes, which accelerate then deals out batch by batch (process p
 takes batches p, p + N, ...): N processes with batch b see, step by step, the images one process with batch N*b
 sees. The Trainer sets the epoch on the sampler before each epoch's iterator starts; the sampler passes it on to
@@ -15,7 +16,6 @@ import torch
 from ..errors import ImageReadError
 from ..images import load_image
 from .augment import augment
-from .prompts import targets
 
 
 class EpochOrder(torch.utils.data.Sampler):
@@ -34,9 +34,8 @@ class EpochOrder(torch.utils.data.Sampler):
 
 
 class TrainingImages(torch.utils.data.Dataset):
-    def __init__(self, training_set, prompts, augmentation, mean, std, seed=0, log=None):
+    def __init__(self, training_set, augmentation, mean, std, seed=0, log=None):
         self.images = training_set.images
-        self.prompts = prompts
         self.augmentation = augmentation
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
@@ -70,13 +69,11 @@ class TrainingImages(torch.utils.data.Dataset):
         raise ImageReadError("no training image can be read any more")
 
     def __getitem__(self, index):
+        """The augmented image, normalized, with its boxes (pixels, x y w h) and classes (category indices); the
+        prompt is the batch's (prompts.Collator), drawn from `key`."""
         rng = self.generator(index)
         entry, image = self._load(index)
-        image, boxes, labels = augment(image, entry.boxes, entry.labels, self.augmentation, rng)
-        input_ids, phrase_of = self.prompts(labels, rng)
+        image, boxes, classes = augment(image, entry.boxes, entry.labels, self.augmentation, rng)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        return {
-            "pixel_values": (pixels - self.mean) / self.std,
-            "input_ids": input_ids,
-            "labels": targets(boxes, labels, phrase_of, image.width, image.height),
-        }
+        return {"pixel_values": (pixels - self.mean) / self.std, "boxes": boxes, "classes": classes,
+                "key": (self.seed, self.epoch, index)}  # fmt: skip

@@ -7,10 +7,10 @@ into phrases at [CLS], [SEP], ".", "?" and padding).
 
 - The vocabulary fits the model's prompt (`max_text_len` tokens, 256 in released checkpoints): every image gets
   the whole vocabulary in the file's order (mmdetection's COCO fine-tune).
-- It does not (LVIS, Objects365, ...): each image gets its own prompt, mmdetection's RandomSamplingNegPos: the
-  classes present in the image, plus up to `negatives` (85) random absent ones, shuffled, cut at the token limit
-  (the present classes go first, so a box loses its class only when the present classes alone overflow the
-  prompt; mmdetection may drop present classes too). The draw comes from the sample's own generator.
+- It does not (LVIS, Objects365, ...): mmdetection's RandomSamplingNegPos, per batch (Collator says why): the
+  classes present in the batch's images, plus up to `negatives` (85) random absent ones, shuffled, cut at the
+  token limit (the present classes go first, so a box loses its class only when the present classes alone
+  overflow the prompt; mmdetection may drop present classes too).
 """
 
 import numpy as np
@@ -89,25 +89,29 @@ def targets(boxes, labels, phrase_of, width, height):
 
 class Collator:
     """Samples -> a batch of the model's inputs: images padded with zeros to the largest (pixel_mask marks the
-    real pixels), prompts padded with the tokenizer's pad id (attention_mask), and `labels` one dict per image."""
+    real pixels), one prompt for the whole batch, and `labels` one dict per image.
 
-    def __init__(self, pad_token_id):
-        self.pad_token_id = pad_token_id
+    One prompt per batch, not per image as in mmdetection: transformers' loss offsets an image's phrase indices by
+    that image's own phrase count where it needs the count of all images before it, which is right only when
+    every image of the batch has the same prompt. The batch's prompt holds the classes of all its images (plus
+    sampled negatives when the vocabulary exceeds the prompt), drawn from a generator seeded by the samples' keys."""
+
+    def __init__(self, prompts):
+        self.prompts = prompts
 
     def __call__(self, samples):
+        rng = np.random.default_rng([v for s in samples for v in s["key"]])
+        input_ids, phrase_of = self.prompts(np.concatenate([s["classes"] for s in samples]), rng)
         height = max(s["pixel_values"].shape[1] for s in samples)
         width = max(s["pixel_values"].shape[2] for s in samples)
-        length = max(len(s["input_ids"]) for s in samples)
-        batch = len(samples)
-        pixel_values = torch.zeros(batch, 3, height, width)
-        pixel_mask = torch.zeros(batch, height, width, dtype=torch.long)
-        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(batch, length, dtype=torch.long)
+        pixel_values = torch.zeros(len(samples), 3, height, width)
+        pixel_mask = torch.zeros(len(samples), height, width, dtype=torch.long)
+        labels = []
         for i, s in enumerate(samples):
             _, h, w = s["pixel_values"].shape
             pixel_values[i, :, :h, :w] = s["pixel_values"]
             pixel_mask[i, :h, :w] = 1
-            input_ids[i, : len(s["input_ids"])] = torch.tensor(s["input_ids"])
-            attention_mask[i, : len(s["input_ids"])] = 1
-        return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "input_ids": input_ids,
-                "attention_mask": attention_mask, "labels": [s["labels"] for s in samples]}  # fmt: skip
+            labels.append(targets(s["boxes"], s["classes"], phrase_of, w, h))
+        ids = torch.tensor([input_ids] * len(samples))
+        return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "input_ids": ids,
+                "attention_mask": torch.ones_like(ids), "labels": labels}  # fmt: skip

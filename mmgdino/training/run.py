@@ -151,15 +151,18 @@ def train(config=None, log=None, **settings):
     # are the starting model's and only the adapters come from the checkpoint.
     model = model_parts.build_model(checkpoint if checkpoint and not config.lora_rank else where)
     model.config.auxiliary_loss = config.aux_loss
+    if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        raise UsageError(f"--gradient-checkpointing: {type(model).__name__} of {type(model).__module__} does not "
+                         "support it")  # fmt: skip
     prompts = PromptSampler(training_set.names, processor.tokenizer, model.config.max_text_len, config.negatives)
     say(prompts.describe())
     augmentation = Augmentation.scaled(*config.image_size, flip=config.flip, crop=config.crop)
     if config.scales:
         augmentation = replace(augmentation, scales=tuple(config.scales))
     image_processor = processor.image_processor
-    dataset = TrainingImages(training_set, prompts, augmentation, image_processor.image_mean,
-                             image_processor.image_std, seed=config.seed)  # fmt: skip
-    collator = Collator(processor.tokenizer.pad_token_id)
+    dataset = TrainingImages(training_set, augmentation, image_processor.image_mean, image_processor.image_std,
+                             seed=config.seed)  # fmt: skip
+    collator = Collator(prompts)
     frozen = config.frozen_parts(len(training_set.images))
     trainable = model_parts.freeze(model, frozen)
     if config.lora_rank:
