@@ -46,16 +46,19 @@ def _parameters(folder):
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """400 steps on 8 scenes (all in each batch), evaluated on the same scenes every 100 steps: the proof that
-    training learns. mmdetection's recipe but for the learning rate (3e-3, the backbone at full rate: random
-    weights, not a pretrained model) and one fixed scale; flips on, so a wrong box flip would show."""
+    """400 steps on 8 scenes of one object each (all in each batch), evaluated on the same scenes every 100
+    steps: the proof that training learns. mmdetection's recipe but for the learning rate (3e-3, the backbone at
+    full rate: random weights, not a pretrained model) and one fixed scale; flips on, so a wrong box flip would
+    show. A model this small is chaotic (float-level differences change which query matches which box after a
+    dozen steps); with one object per image the final AP stayed between 0.74 and 0.79 over seeds and both model
+    classes here, where two objects per image gave 0.43 to 0.90."""
     root = tmp_path_factory.mktemp("learn")
     with pytest.MonkeyPatch.context() as patch:
         no_hf_datasets(patch)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         checkpoint = small_checkpoint(root / "checkpoint")
-        annotations, images = make_scenes(root / "data", num_images=8)
+        annotations, images = make_scenes(root / "data", num_images=8, max_objects=1)
         began = time.time()
         report = train(train_annotations=annotations, train_images=images, val_annotations=annotations,
                        val_images=images, holdout_annotations=annotations, holdout_images=images,

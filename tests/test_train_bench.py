@@ -47,6 +47,6 @@ def test_rows_start_from_the_same_weights_with_the_language_model_frozen(monkeyp
         if model is None:
             assert row == "mmgdino" and why
             continue
-        assert torch.equal(model.class_embed[0].bias, reference.class_embed[0].bias), row
-        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+        weights, start = model.state_dict(), reference.state_dict()
+        assert all(torch.equal(weights[k], start[k]) for k in start if k in weights), row
         assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("model.text_backbone"))
