@@ -220,7 +220,7 @@ def markdown(report):
         f"Device: {report['device']}; {report['cpu']['cpu']} ({', '.join(report['cpu']['isa']) or 'baseline'}; "
         f"torch {report['cpu']['torch_cpu_capability']}), {report['threads']} threads, load average "
         f"{', '.join(f'{v:.1f}' for v in report['load_average'])}  ",
-        f"Commit: {report['commit']}  ",
+        f"Commit: {report['commit']}  " + (f"\nNote: {report['note']}  " if report.get("note") else ""),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
         "| implementation | s / step | speedup | peak memory MiB | steps (s) |",
@@ -270,6 +270,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--out", default="train-bench", help="writes OUT.json, OUT.md and OUT.png")
+    parser.add_argument("--note", default=None, help="a line recorded with the results (where the code came from)")
     args = parser.parse_args(argv)
     try:
         size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -279,6 +280,7 @@ def main(argv=None):
                      f"got {args.size}, {args.batch}, {args.steps}")  # fmt: skip
     report = run(size, args.batch, args.steps, args.device, args.threads,
                  log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    report["note"] = args.note
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

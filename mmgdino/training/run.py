@@ -178,7 +178,8 @@ def train(config=None, log=None, **settings):
 
     holdout = {}
     if config.holdout_annotations and main:
-        holdout["before"] = _holdout(config, model, processor, out / "holdout-before", device, reuse=True)
+        # the starting model as the checkpoint holds it: a resumed run has other weights in memory
+        holdout["before"] = _holdout(config, str(where), processor, out / "holdout-before", device, reuse=True)
         say(f"held-out set before training: AP {holdout['before']['AP']:.4f}")
 
     record = reporting.RunRecord(config, out, val_protocol)
@@ -214,6 +215,7 @@ def train(config=None, log=None, **settings):
         "model_dir": str(final),
         "model_is": model_is,
         "best": {"checkpoint": best, "AP": state.best_metric} if best else None,
+        "evaluations": record.evaluations,
         "epochs": epochs,
         "timing": reporting.timing(record.step_seconds, state.global_step, wall),
         "peak_memory_bytes": peak,
