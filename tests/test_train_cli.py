@@ -80,6 +80,7 @@ def test_a_run_on_bad_data_finishes_and_names_the_images_it_skipped(tmp_path, ch
     assert any("corrupt.png" in line for line in skipped) and any("missing.png" in line for line in skipped)
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["timing"]["steps"] == 2 and report["data"]["train"]["issues"]["box_clipped"] == 1
+    assert len(report["skipped_images"]) == 3  # not the annotation of an unknown image id: no file is missing
 
 
 def test_ctrl_c_is_130_and_a_rerun_continues_but_not_with_other_settings(tmp_path, checkpoint, capsys, monkeypatch):

@@ -82,6 +82,10 @@ class TrainingSet:
         return {"images": len(self.images), "boxes": self.boxes, "categories": len(self.categories),
                 "issues": self.counts()}  # fmt: skip
 
+    def skipped_images(self):
+        """One line per image file that could not be used (missing, unreadable, another size)."""
+        return [i.line() for i in self.issues if ISSUES[i.kind].startswith("image skipped")]
+
     def summary(self, role="train"):
         counts = self.counts()
         text = f"{role}: {len(self.images)} images, {self.boxes} boxes, {len(self.categories)} categories"

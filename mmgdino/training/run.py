@@ -207,7 +207,6 @@ def train(config=None, log=None, **settings):
         say(f"held-out set after training: AP {holdout['after']['AP']:.4f} ({holdout['change']:+.4f})")
 
     epochs = reporting.epochs_from_history(state.log_history)
-    skipped = [i.line() for i in training_set.issues if i.kind.endswith("_image") or i.kind == "size_mismatch"]
     result = {
         "model": str(where),
         "trained_class": f"{type(trainer.accelerator.unwrap_model(trainer.model)).__module__}."
@@ -223,7 +222,7 @@ def train(config=None, log=None, **settings):
         "cost": reporting.cost(wall, trainer.args.world_size, trainer.args.device, config.cost_per_hour),
         "holdout": holdout or None,
         "data": {"train": training_set.description(), "prompt": prompts.describe()},
-        "skipped_images": skipped,
+        "skipped_images": training_set.skipped_images(),
         "frozen": list(frozen),
         "trainable_parameters": trainable,
         "lora": getattr(model, "lora_settings", None),

@@ -7,7 +7,8 @@ one the model's loss (transformers' Grounding DINO loss) is written for; nothing
 What this module adds, each through a documented extension point of `Trainer`:
 - `create_optimizer`: AdamW with mmdetection's parameter groups (`param_groups`);
 - `create_scheduler`: mmdetection's step schedule (10x lower for the last twelfth) besides transformers' own;
-- `compute_loss`: also keeps the loss terms (classification, L1, GIoU) per step for the report;
+- `compute_loss`: each process's loss made its share of the one-process loss (`ddp_loss_scale`), and the loss
+  terms (classification, L1, GIoU) kept for the report;
 - `evaluate`: `mmgdino eval`'s protocol on the validation set (`evaluation_hook`), AP as `eval_AP`, so the best
   checkpoint is the best AP (`metric_for_best_model`);
 - `save_model`: checkpoints through `model.save_checkpoint` (save_pretrained folders both classes load);
