@@ -390,6 +390,7 @@ def _parser():
                        help="instead: mmgdino's ONNX export vs transformers' exporter in ONNX Runtime and OpenVINO "
                        "(export and run times, agreement), at HxW (default 320x480)")  # fmt: skip
     bench.set_defaults(fn=_bench)
+    __import__("mmgdino.training.command", fromlist=["register"]).register(sub)
     return parser
 
 

@@ -78,3 +78,74 @@ def detections_near_truth(annotation_path, seed=0, false_positives=3):
             results.append({"image_id": image["id"], "category_id": int(rng.choice(categories)), "bbox": box,
                             "score": float(rng.random())})  # fmt: skip
     return results
+
+
+# ------------------------------------------------------------------ scenes a small model can learn (training tests)
+
+# Each category is a rectangle of its own colour, so what to detect is in the pixels (make_dataset's colours are
+# random, which a detector cannot learn to classify). Names are words of the offline processor's vocabulary.
+SCENE_CATEGORIES = {"w210": (235, 45, 45), "w211": (45, 225, 45), "w212": (60, 90, 245)}
+
+
+def make_scenes(directory, num_images=8, size=48, seed=0, max_objects=2, name="scenes.json", empty=0):
+    """Writes `num_images` square PNGs of `size` pixels: dark noise with one to `max_objects` rectangles whose
+    colour is their category's (SCENE_CATEGORIES), plus `empty` images with nothing in them. Returns (annotation
+    path, images folder)."""
+    directory = Path(directory)
+    images_dir = directory / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    categories = [{"id": 1 + i, "name": n} for i, n in enumerate(SCENE_CATEGORIES)]
+    colours = list(SCENE_CATEGORIES.values())
+    images, annotations = [], []
+    for index in range(num_images + empty):
+        pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        for _ in range(0 if index >= num_images else int(rng.integers(1, max_objects + 1))):
+            w, h = int(rng.integers(size // 5, size // 2)), int(rng.integers(size // 5, size // 2))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            category = int(rng.integers(0, len(categories)))
+            pixels[y : y + h, x : x + w] = colours[category]
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "bbox": [x, y, w, h],
+                                "category_id": categories[category]["id"], "area": w * h, "iscrowd": 0})  # fmt: skip
+        file_name = f"scene{index}.png"
+        Image.fromarray(pixels).save(images_dir / file_name)
+        images.append({"id": index + 1, "file_name": file_name, "width": size, "height": size})
+    path = directory / name
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path, images_dir
+
+
+def add_bad_entries(annotation_path, images_dir):
+    """Adds one of each kind of bad training data to a make_scenes file: a box partly outside its image, one
+    wholly outside, an unknown category id, an unknown image id, a zero-area box, a box that is not four numbers,
+    a crowd box, an image file that is not an image, a missing image file, an image whose size differs from the
+    file's entry, and an image with no boxes. Returns {kind: how many} as the training data check names them."""
+    path, images_dir = Path(annotation_path), Path(images_dir)
+    data = json.loads(path.read_text())
+    first = data["images"][0]
+    size = first["width"]
+    next_id = max(a["id"] for a in data["annotations"]) + 1
+
+    def box(image_id, bbox, category_id=data["categories"][0]["id"], **extra):
+        nonlocal next_id
+        data["annotations"].append({"id": next_id, "image_id": image_id, "category_id": category_id,
+                                    "bbox": bbox, "area": 1, "iscrowd": 0, **extra})  # fmt: skip
+        next_id += 1
+
+    box(first["id"], [size - 6, 2, 12, 8])  # partly outside: clipped
+    box(first["id"], [size + 5, 2, 6, 6])  # wholly outside: dropped
+    box(first["id"], [2, 2, 6, 6], category_id=999)
+    box(12345, [2, 2, 6, 6])
+    box(first["id"], [3, 3, 0, 5])
+    box(first["id"], [3, "x", 4, 5])
+    box(first["id"], [1, 1, 9, 9], iscrowd=1)
+    (images_dir / "corrupt.png").write_bytes(b"not an image at all")
+    Image.fromarray(np.zeros((size, size + 8, 3), dtype=np.uint8)).save(images_dir / "wrong-size.png")
+    Image.fromarray(np.zeros((size, size, 3), dtype=np.uint8)).save(images_dir / "nothing.png")
+    base = max(im["id"] for im in data["images"])
+    for offset, file_name in enumerate(["corrupt.png", "missing.png", "wrong-size.png", "nothing.png"], start=1):
+        data["images"].append({"id": base + offset, "file_name": file_name, "width": size, "height": size})
+    path.write_text(json.dumps(data))
+    return {"box_clipped": 1, "box_outside": 1, "unknown_category": 1, "unknown_image": 1, "zero_area": 1,
+            "bad_box": 1, "crowd": 1, "unreadable_image": 1, "missing_image": 1, "size_mismatch": 1,
+            "no_boxes": 1}  # fmt: skip
