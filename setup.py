@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -160,7 +160,9 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=["mmgdino", "mmgdino.ops", "mmgdino.modeling", "mmgdino.bench", "mmgdino.kernels"],
+    # Every package under mmgdino/, and the Triton kernels' folder installed as mmgdino.kernels (never as a
+    # top-level `kernels`, which transformers probes for).
+    packages=[*find_packages(include=["mmgdino", "mmgdino.*"]), "mmgdino.kernels"],
     # The Triton sources sit in top-level kernels/ but install only as mmgdino.kernels: a top-level package
     # named `kernels` would shadow Hugging Face's hub-kernel library, which transformers probes for.
     package_dir={"mmgdino": "mmgdino", "mmgdino.kernels": "kernels"},

@@ -271,3 +271,13 @@ def test_extension_uses_only_the_stable_abi():
     assert extension["torch"]["stable"] and not extension["torch"]["unstable_symbols"], extension["torch"]
     assert extension["torch"]["min_torch_version"] == "{}.{}.0".format(*_cuda_build.TORCH_TARGET)
     assert extension["cpython"]["compliant"], extension["cpython"]
+
+
+def test_every_subpackage_of_the_checkout_is_installed():
+    """The wheel holds every package under mmgdino/ (CI runs this against the installed wheel)."""
+    import importlib.util
+
+    packages = sorted(p.parent.name for p in (REPO / "mmgdino").glob("*/__init__.py"))
+    assert {"evaluation", "modeling", "ops", "training"} <= set(packages)
+    missing = [name for name in packages if importlib.util.find_spec(f"mmgdino.{name}") is None]
+    assert not missing, f"not installed: {missing}"
