@@ -275,8 +275,6 @@ def test_extension_uses_only_the_stable_abi():
 
 def test_every_subpackage_of_the_checkout_is_installed():
     """The wheel holds every package under mmgdino/ (CI runs this against the installed wheel)."""
-    import importlib.util
-
     packages = sorted(p.parent.name for p in (REPO / "mmgdino").glob("*/__init__.py"))
     assert {"evaluation", "modeling", "ops", "training"} <= set(packages)
     missing = [name for name in packages if importlib.util.find_spec(f"mmgdino.{name}") is None]
