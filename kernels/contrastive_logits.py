@@ -44,6 +44,20 @@ def _dot_tile(
 
 
 @triton.jit
+def _token_tile(vision_ptr, text_ptr, mask_ptr, b, n_offs, n_mask, t0, num_rows, num_tokens, dim,
+                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """The tokens [t0, t0 + BLOCK_T) against this program's rows: (token offsets, the dot products, which tokens
+    are real)."""
+    t_offs = t0 + tl.arange(0, BLOCK_T)
+    t_mask = t_offs < num_tokens
+    acc = _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows, num_tokens, dim, BLOCK_N,
+                    BLOCK_T, BLOCK_K, ACC, PRECISION, UPCAST)  # fmt: skip
+    valid = tl.load(mask_ptr + b * num_tokens + t_offs, mask=t_mask, other=0) != 0
+    return t_offs, acc, valid
+
+
+@triton.jit
 def logits_kernel(
     vision_ptr,
     text_ptr,
@@ -70,27 +84,8 @@ def logits_kernel(
     bias = tl.load(bias_ptr).to(ACC)
     out_rows = (b.to(tl.int64) * num_rows + n_offs) * max_text_len
     for t0 in range(0, num_tokens, BLOCK_T):
-        t_offs = t0 + tl.arange(0, BLOCK_T)
-        t_mask = t_offs < num_tokens
-        acc = _dot_tile(
-            vision_ptr,
-            text_ptr,
-            b,
-            n_offs,
-            n_mask,
-            t_offs,
-            t_mask,
-            num_rows,
-            num_tokens,
-            dim,
-            BLOCK_N,
-            BLOCK_T,
-            BLOCK_K,
-            ACC,
-            PRECISION,
-            UPCAST,
-        )
-        valid = tl.load(mask_ptr + b * num_tokens + t_offs, mask=t_mask, other=0) != 0
+        t_offs, acc, valid = _token_tile(vision_ptr, text_ptr, mask_ptr, b, n_offs, n_mask, t0, num_rows, num_tokens,
+                                         dim, BLOCK_N, BLOCK_T, BLOCK_K, ACC, PRECISION, UPCAST)  # fmt: skip
         logits = tl.where(valid[None, :], acc * scale + bias, float("-inf"))
         tl.store(
             out_ptr + out_rows[:, None] + t_offs[None, :],
@@ -129,27 +124,8 @@ def max_kernel(
     n_mask = n_offs < num_rows
     best = tl.full((BLOCK_N,), float("-inf"), dtype=ACC)
     for t0 in range(0, num_tokens, BLOCK_T):
-        t_offs = t0 + tl.arange(0, BLOCK_T)
-        t_mask = t_offs < num_tokens
-        acc = _dot_tile(
-            vision_ptr,
-            text_ptr,
-            b,
-            n_offs,
-            n_mask,
-            t_offs,
-            t_mask,
-            num_rows,
-            num_tokens,
-            dim,
-            BLOCK_N,
-            BLOCK_T,
-            BLOCK_K,
-            ACC,
-            PRECISION,
-            UPCAST,
-        )
-        valid = tl.load(mask_ptr + b * num_tokens + t_offs, mask=t_mask, other=0) != 0
+        t_offs, acc, valid = _token_tile(vision_ptr, text_ptr, mask_ptr, b, n_offs, n_mask, t0, num_rows, num_tokens,
+                                         dim, BLOCK_N, BLOCK_T, BLOCK_K, ACC, PRECISION, UPCAST)  # fmt: skip
         best = tl.maximum(best, tl.max(tl.where(valid[None, :], acc, float("-inf")), axis=1))
     bias = tl.load(bias_ptr).to(ACC)
     # scale > 0 keeps the order, so scaling the maximum equals maximizing the scaled logits.

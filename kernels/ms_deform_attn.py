@@ -49,6 +49,19 @@ def _corner_valid(touches, h, w, height, width, start, num_values):
 
 
 @triton.jit
+def _program_tile(num_queries, num_values, num_heads, head_dim, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's block of queries of one (batch, head) and its channel tile: masks, the head's first value
+    element, and the (b, q, h) rows of the point tables ((batch, queries, heads, levels, points), int64)."""
+    b = tl.program_id(1) // num_heads
+    h = tl.program_id(1) % num_heads
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    d_offs = tl.arange(0, BLOCK_D)
+    head_base = (b.to(tl.int64) * num_values * num_heads + h) * head_dim
+    bqh = (b.to(tl.int64) * num_queries + q) * num_heads + h
+    return q < num_queries, d_offs, d_offs < head_dim, num_heads * head_dim, head_base, bqh
+
+
+@triton.jit
 def forward_kernel(
     value_ptr,
     shapes_ptr,
@@ -66,18 +79,8 @@ def forward_kernel(
     BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = q < num_queries
-    d_offs = tl.arange(0, BLOCK_D)
-    d_mask = d_offs < head_dim
-    row_stride = num_heads * head_dim
-    head_base = (b.to(tl.int64) * num_values * num_heads + h) * head_dim
-    # (b, q, h) flattened, int64: the point tables are (batch, queries, heads, levels, points)
-    bqh = (b.to(tl.int64) * num_queries + q) * num_heads + h
+    q_mask, d_offs, d_mask, row_stride, head_base, bqh = _program_tile(num_queries, num_values, num_heads, head_dim,
+                                                                        BLOCK_Q, BLOCK_D)  # fmt: skip
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
     for level in range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level)
@@ -119,17 +122,8 @@ def backward_kernel(
     BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = q < num_queries
-    d_offs = tl.arange(0, BLOCK_D)
-    d_mask = d_offs < head_dim
-    row_stride = num_heads * head_dim
-    head_base = (b.to(tl.int64) * num_values * num_heads + h) * head_dim
-    bqh = (b.to(tl.int64) * num_queries + q) * num_heads + h
+    q_mask, d_offs, d_mask, row_stride, head_base, bqh = _program_tile(num_queries, num_values, num_heads, head_dim,
+                                                                        BLOCK_Q, BLOCK_D)  # fmt: skip
     grad = tl.load(
         grad_out_ptr + bqh[:, None] * head_dim + d_offs[None, :], mask=q_mask[:, None] & d_mask[None, :], other=0.0
     ).to(ACC)

@@ -35,35 +35,19 @@ def _msda_forward(
     )
 
 
-def _mm_contrastive_forward(self, vision_hidden_state, text_hidden_state, text_token_mask):
-    """MM Grounding DINO / LLMDet head: (q . t) / sqrt(d) + per-layer bias."""
-    return ops.contrastive_logits(
-        vision_hidden_state,
-        text_hidden_state,
-        text_token_mask.bool(),
-        bias=self.bias,
-        max_text_len=self.max_text_len,
-        backend=self._mmgdino_backend,
-    )
-
-
-def _gd_contrastive_forward(self, vision_hidden_state, text_hidden_state, text_token_mask):
-    """Grounding DINO head: q . t, no scale, no bias."""
-    return ops.contrastive_logits(
-        vision_hidden_state,
-        text_hidden_state,
-        text_token_mask.bool(),
-        bias=0.0,
-        scale=1.0,
-        max_text_len=self.max_text_len,
-        backend=self._mmgdino_backend,
-    )
+def _contrastive_forward(self, vision_hidden_state, text_hidden_state, text_token_mask):
+    """MM Grounding DINO / LLMDet head: (q . t) / sqrt(d) + per-layer bias; Grounding DINO's: q . t (no bias
+    parameter: no scale, no bias)."""
+    mm = getattr(self, "bias", None) is not None
+    return ops.contrastive_logits(vision_hidden_state, text_hidden_state, text_token_mask.bool(),
+                                  bias=self.bias if mm else 0.0, scale=None if mm else 1.0,
+                                  max_text_len=self.max_text_len, backend=self._mmgdino_backend)  # fmt: skip
 
 
 _REPLACEMENTS = {
     "MultiScaleDeformableAttention": _msda_forward,
-    "MMGroundingDinoContrastiveEmbedding": _mm_contrastive_forward,
-    "GroundingDinoContrastiveEmbedding": _gd_contrastive_forward,
+    "MMGroundingDinoContrastiveEmbedding": _contrastive_forward,
+    "GroundingDinoContrastiveEmbedding": _contrastive_forward,
 }
 
 

@@ -6,7 +6,7 @@ images; metrics: COCO AP and LVIS Fixed AP; run: `evaluate` (resumable, local or
 transformers_baseline: `--compare transformers`.
 """
 
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, load_dataset, read_coco_file
 from .metrics import COCO_KEYS, FIXED_AP_PER_CATEGORY, LVIS_KEYS, MMDET_KEYS, compute_metrics, fixed_ap_selection
 from .protocol import (
     PROTOCOLS,
@@ -45,6 +45,7 @@ __all__ = [
     "fixed_ap_selection",
     "load_dataset",
     "preprocess",
+    "read_coco_file",
     "summary_markdown",
     "test_size",
     "top_detections",

@@ -18,6 +18,24 @@ class Dataset:
         return [c["name"] for c in self.categories]
 
 
+def read_coco_file(path, flag="--annotations"):
+    """The parsed COCO-format file at `path`: a JSON object with "images", "annotations" and "categories" lists.
+    UsageError naming `flag` and what is wrong otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{flag} {path}: not a JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{flag} {path}: not a COCO-format file (no top-level object)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise UsageError(f"{flag} {path}: no {key!r} list (not a COCO-format file)")
+    return data
+
+
 def load_dataset(annotations_path, images_dir, protocol, limit=None):
     """A COCO/LVIS annotation file and its images folder; UsageError naming what is wrong."""
     annotations_path, images_dir = Path(annotations_path), Path(images_dir)
@@ -25,13 +43,7 @@ def load_dataset(annotations_path, images_dir, protocol, limit=None):
         raise UsageError(f"--annotations {annotations_path}: no such file")
     if not images_dir.is_dir():
         raise UsageError(f"--images {images_dir}: no such folder")
-    try:
-        data = json.loads(annotations_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--annotations {annotations_path}: not a JSON file ({exc})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise UsageError(f"--annotations {annotations_path}: no {key!r} list (not a COCO-format file)")
+    data = read_coco_file(annotations_path)
     if not data["categories"]:
         raise UsageError(f"--annotations {annotations_path}: no categories")
     if protocol == "lvis":

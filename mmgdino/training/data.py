@@ -14,7 +14,6 @@ An image that passes the check but fails to decode later is reported when it hap
 readable image (`dataset.TrainingImages`), so the epoch goes on.
 """
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..evaluation import read_coco_file
 
 # kind -> what happens to the item (the report's words)
 ISSUES = {
@@ -104,22 +104,6 @@ class TrainingSet:
         return lines
 
 
-def _read_json(path, flag):
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{flag} {path}: not a JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{flag} {path}: not a COCO-format file (no top-level object)")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise UsageError(f"{flag} {path}: no {key!r} list (not a COCO-format file)")
-    return data
-
-
 def _categories(data, flag):
     categories, seen = [], set()
     for entry in data["categories"]:
@@ -170,7 +154,7 @@ def read_training_set(annotations, images_dir, empty_images="keep", flag="--trai
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UsageError(f"{flag.replace('annotations', 'images')} {images_dir}: no such folder")
-    data = _read_json(annotations, flag)
+    data = read_coco_file(annotations, flag)
     categories = _categories(data, flag)
     category_index = {c["id"]: i for i, c in enumerate(categories)}
     issues, entries = [], {}
