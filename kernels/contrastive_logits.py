@@ -10,24 +10,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot_tile(
-    vision_ptr,
-    text_ptr,
-    b,
-    n_offs,
-    n_mask,
-    t_offs,
-    t_mask,
-    num_rows,
-    num_tokens,
-    dim,
-    BLOCK_N: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ACC: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _dot_tile(vision_ptr, text_ptr, b, n_offs, n_mask, t_offs, t_mask, num_rows, num_tokens, dim,
+              BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+              PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=ACC)
     vision_rows = (b.to(tl.int64) * num_rows + n_offs) * dim
     text_rows = (b.to(tl.int64) * num_tokens + t_offs) * dim
@@ -58,25 +43,9 @@ def _token_tile(vision_ptr, text_ptr, mask_ptr, b, n_offs, n_mask, t0, num_rows,
 
 
 @triton.jit
-def logits_kernel(
-    vision_ptr,
-    text_ptr,
-    mask_ptr,
-    bias_ptr,
-    out_ptr,
-    scale,
-    num_rows,
-    num_tokens,
-    dim,
-    max_text_len,
-    BLOCK_N: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_PAD: tl.constexpr,
-    ACC: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def logits_kernel(vision_ptr, text_ptr, mask_ptr, bias_ptr, out_ptr, scale, num_rows, num_tokens, dim, max_text_len,
+                  BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_PAD: tl.constexpr,
+                  ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     n_offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -101,23 +70,9 @@ def logits_kernel(
 
 
 @triton.jit
-def max_kernel(
-    vision_ptr,
-    text_ptr,
-    mask_ptr,
-    bias_ptr,
-    out_ptr,
-    scale,
-    num_rows,
-    num_tokens,
-    dim,
-    BLOCK_N: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ACC: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def max_kernel(vision_ptr, text_ptr, mask_ptr, bias_ptr, out_ptr, scale, num_rows, num_tokens, dim,
+               BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     n_offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

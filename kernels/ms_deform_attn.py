@@ -62,23 +62,9 @@ def _program_tile(num_queries, num_values, num_heads, head_dim, BLOCK_Q: tl.cons
 
 
 @triton.jit
-def forward_kernel(
-    value_ptr,
-    shapes_ptr,
-    starts_ptr,
-    loc_ptr,
-    attn_ptr,
-    out_ptr,
-    num_queries,
-    num_values,
-    num_heads,
-    head_dim,
-    NUM_LEVELS: tl.constexpr,
-    NUM_POINTS: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    ACC: tl.constexpr,
-):
+def forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr, num_queries, num_values, num_heads,
+                   head_dim, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                   BLOCK_D: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     q_mask, d_offs, d_mask, row_stride, head_base, bqh = _program_tile(num_queries, num_values, num_heads, head_dim,
                                                                         BLOCK_Q, BLOCK_D)  # fmt: skip
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
@@ -102,26 +88,10 @@ def forward_kernel(
 
 
 @triton.jit
-def backward_kernel(
-    grad_out_ptr,
-    value_ptr,
-    shapes_ptr,
-    starts_ptr,
-    loc_ptr,
-    attn_ptr,
-    grad_value_ptr,
-    grad_loc_ptr,
-    grad_attn_ptr,
-    num_queries,
-    num_values,
-    num_heads,
-    head_dim,
-    NUM_LEVELS: tl.constexpr,
-    NUM_POINTS: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    ACC: tl.constexpr,
-):
+def backward_kernel(grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_value_ptr, grad_loc_ptr,
+                    grad_attn_ptr, num_queries, num_values, num_heads, head_dim, NUM_LEVELS: tl.constexpr,
+                    NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+                    ACC: tl.constexpr):  # fmt: skip
     q_mask, d_offs, d_mask, row_stride, head_base, bqh = _program_tile(num_queries, num_values, num_heads, head_dim,
                                                                         BLOCK_Q, BLOCK_D)  # fmt: skip
     grad = tl.load(
@@ -184,17 +154,8 @@ def _launch(value, sampling_locations, accumulate, interpret):
     return grid, (num_queries, num_values, num_heads, head_dim), constants
 
 
-def ms_deform_attn_fwd(
-    wrap,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    out,
-    accumulate,
-    interpret=False,
-):
+def ms_deform_attn_fwd(wrap, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
+                       accumulate, interpret=False):  # fmt: skip
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
     wrap(forward_kernel)[grid](
         value,
@@ -208,20 +169,8 @@ def ms_deform_attn_fwd(
     )
 
 
-def ms_deform_attn_bwd(
-    wrap,
-    grad_out,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    grad_value_acc,
-    grad_loc,
-    grad_attn,
-    accumulate,
-    interpret=False,
-):
+def ms_deform_attn_bwd(wrap, grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                       grad_value_acc, grad_loc, grad_attn, accumulate, interpret=False):  # fmt: skip
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
     wrap(backward_kernel)[grid](
         grad_out,

@@ -102,22 +102,9 @@ class MMGroundingDinoModel(GroundingDinoPreTrainedModel):
 
     # ------------------------------------------------------------------ forward: the data path
 
-    def forward(
-        self,
-        pixel_values=None,
-        input_ids=None,
-        token_type_ids=None,
-        attention_mask=None,
-        pixel_mask=None,
-        encoder_outputs=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        output_proposal_logits=False,
-        prompt_features=None,
-        image_features=None,
-        **unused,
-    ):
+    def forward(self, pixel_values=None, input_ids=None, token_type_ids=None, attention_mask=None, pixel_mask=None,
+                encoder_outputs=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                output_proposal_logits=False, prompt_features=None, image_features=None, **unused):  # fmt: skip
         """transformers' arguments (unset flags read the config, as there), plus `prompt_features` /
         `image_features` (from `encode_prompt` / `encode_image`) in place of the text and image inputs, and
         `output_proposal_logits` (the all-pixel `enc_outputs_class` / `enc_outputs_coord_logits`)."""

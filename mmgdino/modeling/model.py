@@ -65,23 +65,9 @@ class MMGroundingDinoForObjectDetection(GroundingDinoPreTrainedModel):
 
     # ------------------------------------------------------------------ forward: the data path
 
-    def forward(
-        self,
-        pixel_values=None,
-        input_ids=None,
-        token_type_ids=None,
-        attention_mask=None,
-        pixel_mask=None,
-        encoder_outputs=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-        output_proposal_logits=False,
-        prompt_features=None,
-        image_features=None,
-        **unused,
-    ):
+    def forward(self, pixel_values=None, input_ids=None, token_type_ids=None, attention_mask=None, pixel_mask=None,
+                encoder_outputs=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
+                output_proposal_logits=False, prompt_features=None, image_features=None, **unused):  # fmt: skip
         """transformers' arguments (unset flags read the config, as there), plus: `prompt_features` (from
         `encode_prompt`) and `image_features` (from `encode_image`) replace the text and image inputs when given:
         a prompt reused across images, or images reused across prompt chunks, is encoded once. `labels`

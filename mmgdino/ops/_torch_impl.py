@@ -78,15 +78,8 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     return _unflatten_heads(out, batch, num_heads, num_queries).to(value.dtype)
 
 
-def ms_deform_attn_backward_deterministic(
-    grad_output,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    max_gather_bytes=256 << 20,
-):
+def ms_deform_attn_backward_deterministic(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                                          attention_weights, max_gather_bytes=256 << 20):  # fmt: skip
     """Gradients that are the same bits on every run, for torch.use_deterministic_algorithms on GPUs, where the
     compiled kernels scatter grad_value with atomics. The forward is written with gathers (index_select), whose
     gradient PyTorch accumulates deterministically in that mode (a sorted index_add); queries go in chunks that

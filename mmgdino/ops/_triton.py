@@ -62,13 +62,9 @@ def status():
 if _error is None:
 
     @triton_op("mmgdino::ms_deform_attn_triton", mutates_args=())
-    def ms_deform_attn_triton(
-        value: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        sampling_locations: torch.Tensor,
-        attention_weights: torch.Tensor,
-    ) -> torch.Tensor:
+    def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                              sampling_locations: torch.Tensor,
+                              attention_weights: torch.Tensor) -> torch.Tensor:  # fmt: skip
         batch, _, num_heads, head_dim = value.shape
         out = value.new_empty((batch, sampling_locations.shape[1], num_heads * head_dim))
         if out.numel() > 0:
@@ -86,14 +82,10 @@ if _error is None:
         return out
 
     @triton_op("mmgdino::ms_deform_attn_backward_triton", mutates_args=())
-    def ms_deform_attn_backward_triton(
-        grad_output: torch.Tensor,
-        value: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-        sampling_locations: torch.Tensor,
-        attention_weights: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def ms_deform_attn_backward_triton(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
+                                       level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                                       attention_weights: torch.Tensor,
+                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
         if torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled():
             raise RuntimeError(
                 "mmgdino.ms_deform_attn_backward (Triton) scatters grad_value with atomics and is not deterministic; "
@@ -131,14 +123,8 @@ if _error is None:
         return out
 
     @triton_op("mmgdino::contrastive_logits_triton", mutates_args=())
-    def contrastive_logits_triton(
-        vision: torch.Tensor,
-        text: torch.Tensor,
-        text_token_mask: torch.Tensor,
-        bias: torch.Tensor,
-        scale: float,
-        max_text_len: int,
-    ) -> torch.Tensor:
+    def contrastive_logits_triton(vision: torch.Tensor, text: torch.Tensor, text_token_mask: torch.Tensor,
+                                  bias: torch.Tensor, scale: float, max_text_len: int) -> torch.Tensor:  # fmt: skip
         out = vision.new_empty((vision.shape[0], vision.shape[1], max_text_len), dtype=accumulate_dtype(vision.dtype))
         return _run_contrastive(_contrastive_kernels.contrastive_logits_fwd, vision, text, text_token_mask, bias, scale,
                                 out)  # fmt: skip
@@ -146,9 +132,8 @@ if _error is None:
     _library.register_contrastive_logits_autograd("mmgdino::contrastive_logits_triton")
 
     @triton_op("mmgdino::contrastive_max_triton", mutates_args=())
-    def contrastive_max_triton(
-        vision: torch.Tensor, text: torch.Tensor, text_token_mask: torch.Tensor, bias: torch.Tensor, scale: float
-    ) -> torch.Tensor:
+    def contrastive_max_triton(vision: torch.Tensor, text: torch.Tensor, text_token_mask: torch.Tensor,
+                               bias: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
         out = vision.new_empty(vision.shape[:2], dtype=accumulate_dtype(vision.dtype))
         return _run_contrastive(_contrastive_kernels.contrastive_max_fwd, vision, text, text_token_mask, bias, scale,
                                 out)  # fmt: skip

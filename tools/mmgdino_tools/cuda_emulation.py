@@ -117,18 +117,8 @@ def _msda_inputs(value, spatial_shapes, level_start_index, sampling_locations, a
                 sampling_locations=sampling_locations, attention_weights=attention_weights)  # fmt: skip
 
 
-def ms_deform_attn(
-    exe,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    misalign=False,
-    window=None,
-    counters=None,
-    peer=False,
-):
+def ms_deform_attn(exe, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                   misalign=False, window=None, counters=None, peer=False):  # fmt: skip
     """window=(start, num_values): value is rows [start, start + value.shape[1]) of a mostly-zero value;
     counters: see _run; peer: the peer kernel linked by build_trace(peer=...) instead of ours."""
     args = _msda_args(value, sampling_locations, misalign, window, peer)
@@ -139,19 +129,8 @@ def ms_deform_attn(
     return _run(exe, "ms_deform_attn_forward", args, inputs, outputs, counters)["output"]
 
 
-def ms_deform_attn_backward(
-    exe,
-    grad_output,
-    value,
-    spatial_shapes,
-    level_start_index,
-    sampling_locations,
-    attention_weights,
-    misalign=False,
-    window=None,
-    counters=None,
-    peer=False,
-):
+def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, misalign=False, window=None, counters=None, peer=False):  # fmt: skip
     """(grad_value in the accumulation dtype, grad_sampling_locations, grad_attention_weights); with a window,
     grad_value covers the window's rows only; counters, peer: see ms_deform_attn."""
     args = _msda_args(value, sampling_locations, misalign, window, peer)
