@@ -49,6 +49,12 @@ def _corner_valid(touches, h, w, height, width, start, num_values):
 
 
 @triton.jit
+def _level(shapes_ptr, starts_ptr, level):
+    """(height, width, first value row) of one feature level."""
+    return tl.load(shapes_ptr + 2 * level), tl.load(shapes_ptr + 2 * level + 1), tl.load(starts_ptr + level)
+
+
+@triton.jit
 def _program_tile(num_queries, num_values, num_heads, head_dim, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """This program's block of queries of one (batch, head) and its channel tile: masks, the head's first value
     element, and the (b, q, h) rows of the point tables ((batch, queries, heads, levels, points), int64)."""
@@ -69,9 +75,7 @@ def forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr
                                                                         BLOCK_Q, BLOCK_D)  # fmt: skip
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
     for level in range(NUM_LEVELS):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
-        start = tl.load(starts_ptr + level)
+        height, width, start = _level(shapes_ptr, starts_ptr, level)
         for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             touches, h0, w0, lh, lw, attn = _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC)
@@ -98,9 +102,7 @@ def backward_kernel(grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, at
         grad_out_ptr + bqh[:, None] * head_dim + d_offs[None, :], mask=q_mask[:, None] & d_mask[None, :], other=0.0
     ).to(ACC)
     for level in range(NUM_LEVELS):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
-        start = tl.load(starts_ptr + level)
+        height, width, start = _level(shapes_ptr, starts_ptr, level)
         for point in range(NUM_POINTS):
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             touches, h0, w0, lh, lw, attn = _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC)
