@@ -24,7 +24,7 @@ from .sources import is_uri, list_images, read_manifest, version_of
 
 def _info(args):
     import mmgdino
-    from mmgdino import _extension, environment, ops
+    from mmgdino import _extension, environment, ops, precision
 
     print(f"mmgdino {mmgdino.__version__}")
     for name, version in environment.versions().items():
@@ -42,6 +42,7 @@ def _info(args):
             f"  CPU build    {isa} (the best of avx512_bf16, avx512, avx2, baseline this CPU runs; "
             "MMGDINO_CPU_ISA caps it)"
         )
+    print(f"  precision    {precision.info_line()}")
     if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
         print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:
