@@ -1,0 +1,73 @@
+"""mmgdino.compiled: size buckets (one graph per bucket, never one per image), prompt buckets, the on-disk cache
+reused by a second process, and the compiled stages' agreement with eager."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmgdino import Detector, compiled
+from mmgdino.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    "size, longest, bucket",
+    [
+        ((800, 1066), 1333, (800, 1152)),  # 4:3 landscape: 8% padding
+        ((1066, 800), 1333, (1152, 800)),  # portrait
+        ((750, 1333), 1333, (768, 1344)),  # 16:9: the long side stops at the processor's longest, rounded to 32
+        ((800, 800), 1333, (800, 800)),  # a square stays square
+        ((800, 1200), None, (800, 1280)),
+        ((128, 150), 160, (128, 160)),
+    ],  # fmt: skip
+)
+def test_size_buckets(size, longest, bucket):
+    assert compiled.padded_size(*size, longest) == bucket
+    pixels, mask = compiled.pad_pixels(torch.ones(1, 3, *size), torch.ones(1, *size, dtype=torch.long), longest)
+    assert pixels.shape[-2:] == bucket and mask.shape[-2:] == bucket and int(mask.sum()) == size[0] * size[1]
+
+
+def test_prompt_buckets():
+    assert [compiled.prompt_bucket(n, 256) for n in (3, 16, 17, 250)] == [16, 16, 32, 256]
+    assert compiled.prompt_bucket(20, 24) == 24
+
+
+@pytest.mark.parametrize("value", ["yes", 2, 1.5])
+def test_bad_compile_option_is_one_line(value):
+    with pytest.raises(UsageError, match="compile must be one of auto, on, off"):
+        compiled.check_compile(value)
+
+
+def _mixed_images(directory, count=20, seed=0):
+    """Images of mixed sizes and aspect ratios, portrait and landscape (3:4 to 16:9, as cameras make them)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        height = int(rng.integers(60, 300))
+        width = int(height * float(rng.choice([3 / 4, 9 / 16, 1.0, 4 / 3, 16 / 9]) * rng.uniform(0.97, 1.03)))
+        path = directory / f"img{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (height, max(width, 8), 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_twenty_images_of_mixed_aspect_ratios_compile_once_per_bucket(small_checkpoint, tmp_path, monkeypatch):
+    """The guards Dynamo puts on the stages decide the recompiles, whatever the backend: counted with the eager
+    backend (no code generation), over a folder of 20 images of mixed aspect ratios."""
+    monkeypatch.setenv("MMGDINO_CACHE_DIR", str(tmp_path / "cache"))
+    torch._dynamo.reset()
+    detector = Detector(small_checkpoint.directory, device="cpu")
+    compiled.compile_runner(detector.runner, backend="eager")
+    images = _mixed_images(tmp_path)
+    longest = detector.runner.image_processor.size["longest_edge"]
+    buckets = set()
+    for path in images:
+        values, _ = detector.runner.pixels([Image.open(path).convert("RGB")])
+        buckets.add(compiled.padded_size(*values.shape[-2:], longest))
+    before = compiled.compiles()
+    results = detector.detect(images, ["w200 w201", "w202"], threshold=0.0, batch_size=1)
+    assert len(results) == 20 and all(r for r in results)
+    # one graph per bucket for each stage (one prompt, so one prompt bucket); 20 images, a few buckets
+    assert compiled.compiles() - before == 2 * len(buckets) and 2 <= len(buckets) <= 5
+    detector.detect(images[:3], ["w203"], threshold=0.0)  # another prompt in the same prompt bucket: no compile
+    assert compiled.compiles() - before == 2 * len(buckets)
