@@ -30,6 +30,7 @@ from .errors import UsageError
 SHORT_SIDE_STEP = 32  # the backbone's coarsest stride: every level's size is a whole number, no odd-size branches
 LONG_SIDE_STEP = 128  # the longer side in coarser steps: a few buckets per orientation
 PROMPT_STEP = 16  # tokens
+AUTO_MIN_IMAGES = 50  # "auto" compiles a CPU run of at least this many images (see `worth_compiling`)
 RECOMPILE_LIMIT = 64  # graphs per stage: one per (size bucket, prompt bucket, batch) in use
 COMPILE_MODES = ("auto", "on", "off")
 
@@ -100,6 +101,15 @@ def check_compile(compile):
     if isinstance(compile, str) and compile not in COMPILE_MODES or not isinstance(compile, (bool, str, type(None))):
         raise UsageError(f"compile must be one of {', '.join(COMPILE_MODES)} (or True/False), got {compile!r}")
     return names[compile]
+
+
+def worth_compiling(mode, device, images):
+    """Whether a run compiles: "on"/"off" as given; "auto" on a CPU run of at least AUTO_MIN_IMAGES images, where
+    the first compile of a size bucket (minutes, once per machine; README "Compiled inference") is paid back."""
+    mode = check_compile(mode)
+    if mode != "auto":
+        return mode == "on"
+    return torch.device(device or "cpu").type == "cpu" and images >= AUTO_MIN_IMAGES
 
 
 def inductor_options(freeze=True):

@@ -79,9 +79,8 @@ def _replace(model, name, new):
         setattr(parent, child, new)
 
 
-def activation_ranges(runner, images, layers):
-    """{name: (low, high)}: each layer's input range over the calibration images, run through the runner in
-    float32 with one prompt (the ranges the backbone, encoder and decoder see do not depend on the words)."""
+def activation_ranges(layers, passes):
+    """{name: (low, high)}: each layer's input range over the forward passes `passes` (callables) run in float32."""
     ranges = {}
 
     def recorder(name):
@@ -93,22 +92,28 @@ def activation_ranges(runner, images, layers):
         return hook
 
     handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in layers.items()]
-    tokenizer = runner.tokenizer
-    prompt = [tokenizer.cls_token_id, tokenizer.sep_token_id]
     try:
         with torch.inference_mode():
-            for image in images:
-                features = runner.encode_images(*runner.pixels([load_image(image)]))
-                runner.predict(features, [0], [prompt])
+            for forward in passes:
+                forward()
     finally:
         for handle in handles:
             handle.remove()
     return ranges
 
 
-def quantize_runner(runner, calibration=None):
-    """The runner's model with its quantizable layers on int8 (static ranges from `calibration` images, else
-    dynamic). Returns the runner; `runner.precision` becomes "int8"."""
+def image_passes(runner, images):
+    """A forward pass per calibration image through the runner, with an empty prompt (the ranges the backbone,
+    encoder and decoder see hardly depend on the words)."""
+    prompt = [runner.tokenizer.cls_token_id, runner.tokenizer.sep_token_id]
+    for image in images:
+        yield lambda image=image: runner.predict(runner.encode_images(*runner.pixels([load_image(image)])), [0],
+                                                 [prompt])  # fmt: skip
+
+
+def quantize_runner(runner, calibration=None, passes=None):
+    """The runner's model with its quantizable layers on int8: static ranges from `calibration` images (or from
+    `passes`, callables that run the model), else dynamic. Returns the runner; `runner.precision` becomes "int8"."""
     if runner.device.type != "cpu" or runner.dtype != torch.float32:
         raise UsageError("int8 quantizes a float32 model on the CPU")
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
@@ -119,9 +124,11 @@ def quantize_runner(runner, calibration=None):
         calibration = list(calibration)
         if not calibration:
             raise UsageError("calibration is empty: give at least one image, or None for dynamic ranges")
-        ranges = activation_ranges(runner, calibration, layers)
+        passes = image_passes(runner, calibration)
+    if passes is not None:
+        ranges = activation_ranges(layers, passes)
     for name, layer in layers.items():
         _replace(runner.model, name, Int8Linear(layer, *ranges.get(name, (None, None))))
     runner.precision = "int8"
-    runner.calibrated = len(calibration) if calibration is not None else 0
+    runner.calibrated = bool(ranges)
     return runner

@@ -24,7 +24,10 @@ def runner_for(model, device=None, dtype=None, processor=None, runtime=None, com
     OpenVINO; anything else is loaded as mmgdino's PyTorch model, at `dtype` (a dtype, "int8" or "auto"), its
     stages compiled with Inductor when `compile` (mmgdino.compiled). int8 calibrates on `calibration` images
     (mmgdino.quantization)."""
+    from .compiled import worth_compiling
+
     device, name = check_precision(device, dtype)
+    compile = worth_compiling(compile, device, images=0)  # checked here; "auto" compiles long runs (the CLI's)
     if str(model).endswith(".onnx") or runtime is not None:
         return OnnxRunner(model, runtime or "onnxruntime", processor)
     built, processor = load_model_and_processor(model, device, weights_dtype(name), processor)
@@ -53,7 +56,7 @@ class TorchRunner:
         self.max_text_len = model.config.max_text_len
         self._prompt_cache = {}  # token ids -> PromptFeatures
         # The two stages a detection runs per batch; mmgdino.compiled swaps in compiled ones.
-        self.encode_image_stage = model.encode_image
+        self.encode_image_stage = self._encode_image_eager
         self.predict_stage = self._predict_eager
         # Without native bf16 the 16-bit matrix products run in float32 (mmgdino.precision).
         self.matmuls = precision.matmul_context(self.dtype, self.device)
@@ -88,6 +91,9 @@ class TorchRunner:
         features = images if len(members) == images.batch else images.select(members)
         with self.matmuls():
             return self.predict_stage(features, self.prompt_batch(prompts))
+
+    def _encode_image_eager(self, pixel_values, pixel_mask):
+        return self.model.encode_image(pixel_values, pixel_mask)
 
     def _predict_eager(self, image_features, prompt_features):
         out = self.model(prompt_features=prompt_features, image_features=image_features)

@@ -71,3 +71,28 @@ def test_twenty_images_of_mixed_aspect_ratios_compile_once_per_bucket(small_chec
     assert compiled.compiles() - before == 2 * len(buckets) and 2 <= len(buckets) <= 5
     detector.detect(images[:3], ["w203"], threshold=0.0)  # another prompt in the same prompt bucket: no compile
     assert compiled.compiles() - before == 2 * len(buckets)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--compile", "yes"], "invalid choice: 'yes'"),
+        (["--calibration", "3"], "--calibration sets int8's ranges: it needs --dtype int8"),
+        (["--dtype", "int8", "--calibration", "0"], "--calibration must be at least 1 image"),
+        (["--dtype", "int4"], "invalid choice: 'int4'"),
+    ],  # fmt: skip
+)
+def test_bad_new_options_are_one_line_and_exit_2(small_checkpoint, images, capsys, options, words):
+    from mmgdino.cli import main
+
+    try:
+        code = main(["detect", str(images[0]), "--labels", "w200", "--model", str(small_checkpoint.directory),
+                     "--device", "cpu", *options])  # fmt: skip
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    assert code == 2 and words in capsys.readouterr().err
+
+
+def test_detector_refuses_a_bad_compile_value(small_checkpoint):
+    with pytest.raises(UsageError, match="compile must be one of"):
+        Detector(small_checkpoint.directory, device="cpu", compile="yes")
