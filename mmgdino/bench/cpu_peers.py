@@ -81,6 +81,13 @@ class Table:
     def __init__(self, repeats, log):
         self.rows, self.repeats, self.log, self.references = [], repeats, log, {}
 
+    def failed(self, family, name, precision, mode, exc):
+        row = {"family": family, "name": name, "precision": precision, "mode": mode,
+               "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"}  # fmt: skip
+        self.rows.append(row)
+        self.log(f"{name}: failed: {row['error']}")
+        return row
+
     def add(self, family, name, precision, mode, run, setup_s=0.0, reference=None):
         """Times `run` (-> (logits, boxes)); agreement against `reference` (a key of self.references), or makes
         this row the reference named `family` when none is given."""
@@ -89,11 +96,7 @@ class Table:
                 out = _outputs(run())
                 first, median = seconds(run, self.repeats)
         except Exception as exc:  # a peer's failure is a result, recorded in one line
-            row = {"family": family, "name": name, "precision": precision, "mode": mode,
-                   "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"}  # fmt: skip
-            self.rows.append(row)
-            self.log(f"{name}: failed: {row['error']}")
-            return row
+            return self.failed(family, name, precision, mode, exc)
         if reference is None:
             self.references[family] = out
         agreement = topk_agreement(out, self.references[reference or family])
@@ -175,8 +178,7 @@ def openvino_rows(table, hf, inputs, threads, skip):
             lambda: nncf.quantize(exported, nncf.Dataset([feed]), subset_size=1, model_type=nncf.ModelType.TRANSFORMER)
         )
     except Exception as exc:
-        table.rows.append({"family": "openvino", "name": "OpenVINO int8 (NNCF)", "precision": "int8",
-                           "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"})  # fmt: skip
+        table.failed("openvino", "OpenVINO int8 (NNCF)", "int8", "compiled", exc)
         return
     fn, compile_s = _timed_setup(lambda: runner(quantized, {}))
     table.add("openvino", "OpenVINO (OpenVINOExporter) int8 (NNCF, default precision elsewhere)", "int8",
@@ -234,16 +236,20 @@ def mmgdino_rows(table, ours, inputs, native_bf16, skip):
     for dtype in precisions:
         name = str(dtype).replace("torch.", "")
         for compiled in (False, True) if "compile" not in skip else (False,):
-            runner, setup = _timed_setup(lambda dtype=dtype, compiled=compiled: make(dtype, compiled))
-            fn = detect(runner)
-            if compiled:
-                with torch.inference_mode():
-                    _, compile_s = _timed_setup(fn)  # the compile happens at the first call
-                setup += compile_s
+            try:
+                runner, setup = _timed_setup(lambda dtype=dtype, compiled=compiled: make(dtype, compiled))
+                fn = detect(runner)
+                if compiled:
+                    with torch.inference_mode():
+                        _, compile_s = _timed_setup(fn)  # the compile happens at the first call
+                    setup += compile_s
+            except Exception as exc:  # recorded, and the other rows still run
+                table.failed("mmgdino", f"mmgdino {name} compiled", name, "compiled", exc)
+                continue
             reference = None if dtype is torch.float32 and not compiled else "mmgdino"
             table.add("mmgdino", f"mmgdino {name} {'compiled' if compiled else 'eager'}", name,
                       "compiled" if compiled else "eager", fn, setup, reference)  # fmt: skip
-            del runner, fn
+            del fn
 
 
 def run(size=(800, 1333), repeats=3, skip=(), log=print):
