@@ -14,7 +14,7 @@ How a compile is paid once per machine and model, not per process:
   reused); without freezing, oneDNN repacks every weight on every call.
 - **Sizes.** An exported graph has fixed sizes (the Swin backbone's padding branches are decided at trace time),
   so images are padded to size buckets (`padded_size`: the shorter side to a multiple of 32 pixels, the longer
-  to a multiple of 128, at most the processor's longest side rounded to 32), one graph per bucket in use;
+  to a multiple of 128, at most the processor's longest side), one graph per bucket in use;
   prompts are padded to a multiple of 16 tokens (masked out: the real tokens' results do not change).
   `builds()` and `loads()` count packages made and reused.
 """
@@ -56,18 +56,17 @@ def loads():
 
 def padded_size(height, width, longest=None):
     """The canvas an image batch of (height, width) is padded to: the shorter side up to a multiple of 32 pixels,
-    the longer up to a multiple of 128 (not past `longest`, the processor's longest side, rounded up to 32).
-    A square stays square. Each canvas is one compiled graph (a size bucket)."""
+    the longer up to a multiple of 128 but not past `longest` (the processor's longest side, so an image resized to
+    it is not padded). A square stays square. Each canvas is one compiled graph (a size bucket)."""
 
     def up(value, step):
         return -(-value // step) * step
 
     if height == width:
         return up(height, SHORT_SIDE_STEP), up(width, SHORT_SIDE_STEP)
-    cap = up(longest, SHORT_SIDE_STEP) if longest else None
     long_side = up(max(height, width), LONG_SIDE_STEP)
-    if cap is not None and max(height, width) <= cap:
-        long_side = min(long_side, cap)
+    if longest and max(height, width) <= longest:
+        long_side = min(long_side, longest)
     short_side = up(min(height, width), SHORT_SIDE_STEP)
     return (long_side, short_side) if height > width else (short_side, long_side)
 
@@ -233,6 +232,8 @@ class CompiledStages:
 
 def compile_runner(runner, packager=aoti_package):
     """Swaps the runner's two stages for compiled ones (see the module docstring)."""
+    if runner.precision == "int8" and not getattr(runner, "calibrated", False):
+        raise UsageError("compiled int8 needs calibration images (its ranges become constants of the graph)")
     stages = CompiledStages(runner, packager)
     runner.encode_image_stage, runner.predict_stage = stages.encode_image, stages.predict
     runner.compiled = stages

@@ -35,7 +35,8 @@ class Int8Linear(nn.Module):
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_scale", scale, persistent=False)
         self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.long), persistent=False)
-        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(quantized, None), persistent=False)
+        self.register_buffer("weight_int8", quantized, persistent=False)
+        self.packed = torch.ops.onednn.qlinear_prepack(quantized, None)  # oneDNN's blocked layout (opaque)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
         self.static = None if low is None else _affine(low, high)
@@ -44,11 +45,26 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.in_features).float()
         scale, zero_point = self.static or _affine(*torch.aminmax(x))
+        if torch.compiler.is_exporting():
+            return self._reference(x, scale, zero_point).view(*shape[:-1], self.out_features)
         q = (x * (1.0 / scale)).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
         out = torch.ops.onednn.qlinear_pointwise(q, scale, zero_point, self.packed, self.weight_scale,
                                                  self.weight_zero_point, self.bias, 1.0, 0, torch.float32, "none",
                                                  [], "")  # fmt: skip
         return out.view(*shape[:-1], self.out_features)
+
+    def _reference(self, x, scale, zero_point):
+        """The same product in PyTorch's quantized reference form (quantize, dequantize, linear): what PT2E
+        exports and Inductor's x86 patterns fold, under freezing, into this very oneDNN int8 product with its
+        packed weight (the packing op has no tracing kernel, so the exported graph cannot call it)."""
+        from torch.ao.quantization.fx import _decomposed  # noqa: F401  (registers quantized_decomposed)
+
+        ops = torch.ops.quantized_decomposed
+        q = ops.quantize_per_tensor.default(x, scale, zero_point, 0, 255, torch.uint8)
+        x = ops.dequantize_per_tensor.default(q, scale, zero_point, 0, 255, torch.uint8)
+        weight = ops.dequantize_per_channel.default(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
+                                                    -128, 127, torch.int8)  # fmt: skip
+        return torch.nn.functional.linear(x, weight, self.bias)
 
 
 def _affine(low, high):

@@ -19,7 +19,7 @@ from mmgdino.errors import UsageError
     [
         ((800, 1066), 1333, (800, 1152)),  # 4:3 landscape: 8% padding
         ((1066, 800), 1333, (1152, 800)),  # portrait
-        ((750, 1333), 1333, (768, 1344)),  # 16:9: the long side stops at the processor's longest, rounded to 32
+        ((750, 1333), 1333, (768, 1333)),  # 16:9: the long side stops at the processor's longest side
         ((800, 800), 1333, (800, 800)),  # a square stays square
         ((800, 1200), None, (800, 1280)),
         ((128, 150), 160, (128, 160)),

@@ -56,5 +56,7 @@ def test_int8_runner_agrees_with_float32(small_checkpoint):
 def test_int8_bad_inputs(small_checkpoint):
     with pytest.raises(UsageError, match="calibration is empty"):
         runner_for(small_checkpoint.directory, "cpu", "int8", calibration=[])
+    with pytest.raises(UsageError, match="compiled int8 needs calibration images"):
+        runner_for(small_checkpoint.directory, "cpu", "int8", compile=True)
     with pytest.raises(UsageError, match="int8 quantizes a float32 model"):
         quantization.quantize_runner(runner_for(small_checkpoint.directory, "cpu", "bfloat16"))
