@@ -12,19 +12,21 @@ from pathlib import Path
 
 import torch
 
+from .compiled import COMPILE_MODES, worth_compiling
 from .detection import DetectJob, DetectRun, detect_images
 from .detector import DEFAULT_CHUNK_MERGE_IOU, check_thresholds, clean_labels
 from .distributed import RayOptions, check_options
 from .errors import MmgdinoError, UsageError
 from .evaluation import evaluate
 from .images import IMAGE_SUFFIXES
-from .loading import DEFAULT_MODEL, check_device_and_dtype, parse_dtype
+from .loading import DEFAULT_MODEL, PRECISIONS, check_precision, parse_dtype
+from .quantization import CALIBRATION_IMAGES
 from .sources import is_uri, list_images, read_manifest, version_of
 
 
 def _info(args):
     import mmgdino
-    from mmgdino import _extension, environment, ops
+    from mmgdino import _extension, environment, ops, precision
 
     print(f"mmgdino {mmgdino.__version__}")
     for name, version in environment.versions().items():
@@ -42,6 +44,7 @@ def _info(args):
             f"  CPU build    {isa} (the best of avx512_bf16, avx512, avx2, baseline this CPU runs; "
             "MMGDINO_CPU_ISA caps it)"
         )
+    print(f"  precision    {precision.info_line()}")
     if _extension.has_cpu_kernels and not _extension.has_cuda_kernels and _extension.why_no_cuda_kernels:
         print(f"  no CUDA      {_extension.why_no_cuda_kernels}")
     if _extension.has_cuda_kernels:
@@ -102,7 +105,10 @@ def _bench(args):
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if args.onnx:
         return _bench_onnx(args)
-    dtypes = [parse_dtype(d) for d in args.dtype] if args.dtype else None
+    if "int8" in (args.dtype or ()):
+        raise UsageError("--dtype int8: the int8 model is timed by --cpu-peers (against float32, bf16 and the peers)")
+    names = [check_precision(args.device, d)[1] for d in args.dtype or ()]
+    dtypes = [parse_dtype(d) for d in dict.fromkeys(names)] or None
     report = bench.run_ops(
         device=args.device,
         dtypes=dtypes,
@@ -187,7 +193,11 @@ def _checked_detect(args):
     check_thresholds(args.threshold, args.text_threshold, args.chunk_merge_iou)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_device_and_dtype(args.device, args.dtype)
+    _, args.dtype = check_precision(args.device, args.dtype)
+    if args.calibration is not None and args.dtype != "int8":
+        raise UsageError("--calibration sets int8's ranges: it needs --dtype int8")
+    if args.calibration is not None and args.calibration < 1:
+        raise UsageError(f"--calibration must be at least 1 image, got {args.calibration}")
     if args.out:
         _check_writable_file("--out", args.out)
     elif args.format == "coco":
@@ -203,9 +213,15 @@ def _checked_detect(args):
         raise UsageError("--ray runs checkpoints, not exported .onnx files")
     ray = _ray_options(args)
     images, vocabularies, labels_setting = _images_and_vocabularies(args)
+    compile = not str(model).endswith(".onnx") and worth_compiling(args.compile, args.device, len(images))
+    calibration = None
+    if args.dtype == "int8":
+        local = [key for key in images if not is_uri(key)]
+        calibration = local[: args.calibration or CALIBRATION_IMAGES] or None
     job = DetectJob(model, device=args.device, dtype=args.dtype, threshold=args.threshold,
                     text_threshold=args.text_threshold, chunk_merge_iou=args.chunk_merge_iou,
-                    batch_size=args.batch_size, runtime=args.runtime)  # fmt: skip
+                    batch_size=args.batch_size, runtime=args.runtime, compile=compile,
+                    calibration=calibration)  # fmt: skip
     return DetectRun(images, vocabularies, labels_setting, job, out=args.out, format=args.format, draw=args.draw,
                      ray=ray, threads=args.threads_per_worker)  # fmt: skip
 
@@ -253,6 +269,8 @@ def _eval(args):
         dtype=args.dtype,
         limit=args.limit,
         compare=args.compare,
+        compile=args.compile,
+        calibration=args.calibration,
         log=lambda m: print(f"mmgdino eval: {m}", file=sys.stderr, flush=True),
         ray=_ray_options(args),
         threads=args.threads_per_worker,
@@ -272,6 +290,24 @@ def _add_ray_options(parser):
                         help="intra-op threads of every process that runs the model (default: this process's, so a "
                         "--ray run gives exactly the single-process run's numbers; on a CPU cluster with several "
                         "workers per machine, set it to --cpus-per-worker)")  # fmt: skip
+
+
+def _add_precision_options(parser):
+    parser.add_argument("--dtype", choices=PRECISIONS, default=None,
+                        help="float32 (default), float16, bfloat16, int8 (CPU: int8 matrix products, calibrated on "
+                        "the first --calibration images) or auto (this CPU's fastest that keeps agreement; see "
+                        "mmgdino info)")  # fmt: skip
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                        help="run the model compiled by Inductor with frozen weights, padded to size buckets; "
+                        "the compile is cached on disk (MMGDINO_CACHE_DIR); auto: on for a CPU run of "
+                        "50 images or more")  # fmt: skip
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"--dtype int8: calibrate on the first N images (default {CALIBRATION_IMAGES})",
+    )
 
 
 def _parser():
@@ -304,7 +340,7 @@ def _parser():
                         "prompt by this IoU is the same object, dropped (default 0.8)")  # fmt: skip
     detect.add_argument("--no-chunk-merge", action="store_true", help="keep every prompt chunk's boxes")
     detect.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    detect.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    _add_precision_options(detect)
     detect.add_argument("--batch-size", type=int, default=1)
     detect.add_argument("--out", default=None, help="write here (default: JSON Lines on stdout); a rerun with "
                         "the same settings skips finished images")  # fmt: skip
@@ -344,7 +380,7 @@ def _parser():
         help="images per forward (default 1, the protocol; >1 pads images, recorded as such)",
     )
     eval_parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    eval_parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    _add_precision_options(eval_parser)
     eval_parser.add_argument("--limit", type=int, default=None, help="only the first N images (recorded as a subset)")
     eval_parser.add_argument(
         "--compare",
@@ -372,8 +408,9 @@ def _parser():
     bench.add_argument(
         "--dtype",
         action="append",
-        choices=["float32", "float16", "bfloat16"],
-        help="repeatable; default float32 and, on a CPU with native bf16 (AVX512_BF16), bfloat16; all three on CUDA",
+        choices=PRECISIONS,
+        help="repeatable; default float32 and, on a CPU with native bf16 (AVX512_BF16), bfloat16; all three on CUDA; "
+        "auto: this CPU's best (mmgdino info)",
     )
     bench.add_argument("--quick", action="store_true", help="batch 1 only, 2 repeats")
     bench.add_argument("--repeats", type=int, default=None)

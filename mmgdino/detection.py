@@ -33,10 +33,13 @@ class DetectJob:
     chunk_merge_iou: float = None
     batch_size: int = 1  # images per forward inside a Ray batch: 1 gives the same results whatever Ray groups
     runtime: str = None
+    compile: object = False  # mmgdino.compiled: True / False / "auto"
+    calibration: list = None  # int8: the images whose activations set its ranges
     fault_injection: dict = field(default=None, repr=False)  # tests only: see loop.inject_fault
 
     def setup(self):
-        self.detector = Detector(self.model, device=self.device, dtype=self.dtype, runtime=self.runtime)
+        self.detector = Detector(self.model, device=self.device, dtype=self.dtype, runtime=self.runtime,
+                                 compile=self.compile, calibration=self.calibration)  # fmt: skip
 
     def __call__(self, keys, images, payloads):
         loop.inject_fault(self)
@@ -63,10 +66,19 @@ class DetectRun:
 def settings_of(run):
     """What determines the results; a rerun into the same output must agree on all of it."""
     model = run.job.model
-    return {"model": str(Path(model).resolve()) if Path(model).exists() else model, "runtime": run.job.runtime,
-            "dtype": dtype_name(run.job.dtype), "threshold": run.job.threshold,
-            "text_threshold": run.job.text_threshold, "chunk_merge_iou": run.job.chunk_merge_iou,
-            "labels": run.labels_setting}  # fmt: skip
+    return (
+        {
+            "model": str(Path(model).resolve()) if Path(model).exists() else model,
+            "runtime": run.job.runtime,
+            "dtype": dtype_name(run.job.dtype),
+            "threshold": run.job.threshold,
+            "text_threshold": run.job.text_threshold,
+            "chunk_merge_iou": run.job.chunk_merge_iou,
+            "labels": run.labels_setting,
+        }
+        | ({"calibration": run.job.calibration} if run.job.calibration else {})
+        | ({"compiled": True} if run.job.compile else {})
+    )
 
 
 def detect_images(run, log=print):

@@ -89,15 +89,22 @@ class Detector:
     Args:
         model: hub id or local directory of an MM Grounding DINO / LLMDet / Grounding DINO checkpoint, or an
             already built `mmgdino.MMGroundingDinoForObjectDetection` or transformers model.
-        device, dtype: default CUDA if available, else CPU; float32 (bfloat16 is a good choice on GPUs).
+        device, dtype: default CUDA if available, else CPU; float32. dtype may be a torch dtype or its name,
+            "auto" (this CPU's fastest precision that keeps agreement: bfloat16 with native bf16, else float32;
+            `mmgdino.precision`) or "int8" (CPU: int8 matrix products, calibrated on `calibration`).
         processor: a transformers processor; default `AutoProcessor.from_pretrained(model)`.
+        compile: run the model's stages compiled by Inductor with frozen weights (`mmgdino.compiled`; the compile
+            is cached on disk, so it is paid once per machine and model).
+        calibration: int8 only: images (paths, PIL images, arrays) whose activations set the int8 ranges; default
+            the first images detected.
 
     Errors are `mmgdino.MmgdinoError` subclasses with one-line messages: `UsageError` (arguments),
     `ImageReadError` (one image), `ModelLoadError` (the model or processor).
     """
 
-    def __init__(self, model=DEFAULT_MODEL, device=None, dtype=None, processor=None, runtime=None):
-        self.runner = runner_for(model, device, dtype, processor, runtime)
+    def __init__(self, model=DEFAULT_MODEL, device=None, dtype=None, processor=None, runtime=None, compile=False,
+                 calibration=None):  # fmt: skip
+        self.runner = runner_for(model, device, dtype, processor, runtime, compile, calibration)
         self.model = getattr(self.runner, "model", None)  # mmgdino's model; None for an exported file
         self.processor, self.tokenizer = self.runner.processor, self.runner.tokenizer
         self.device, self.dtype = self.runner.device, self.runner.dtype

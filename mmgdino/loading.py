@@ -8,6 +8,9 @@ from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError
 
 DEFAULT_MODEL = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Precisions a run may ask for beyond the dtypes: "int8" (a float32 model whose matrix products run in int8,
+# mmgdino.quantization) and "auto" (this CPU's best, mmgdino.precision).
+PRECISIONS = (*DTYPES, "int8", "auto")
 
 
 def parse_dtype(dtype):
@@ -22,7 +25,33 @@ def parse_dtype(dtype):
 
 
 def dtype_name(dtype):
+    if dtype == "int8":
+        return dtype
     return str(parse_dtype(dtype)).replace("torch.", "")
+
+
+def check_precision(device, dtype):
+    """(torch.device, precision name) a run uses: "auto" becomes this device's best (mmgdino.precision), "int8" is
+    checked to run here; the weights' dtype is `weights_dtype(name)`. UsageError when it cannot run here."""
+    from . import precision
+
+    if dtype == "auto":
+        device, _ = check_device_and_dtype(device, None)
+        dtype = precision.automatic_dtype(device)[0]
+    if dtype == "int8":
+        device, _ = check_device_and_dtype(device, None)
+        if device.type != "cpu":
+            raise UsageError(f"dtype int8 runs on the CPU (oneDNN's int8 matrix products); got device {device}")
+        return device, "int8"
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r} is not supported; use {', '.join(PRECISIONS)}")
+    device, dtype = check_device_and_dtype(device, dtype)
+    return device, dtype_name(dtype)
+
+
+def weights_dtype(name):
+    """The dtype a precision keeps the model's weights in (int8 quantizes a float32 model)."""
+    return torch.float32 if name == "int8" else parse_dtype(name)
 
 
 def check_device_and_dtype(device, dtype):

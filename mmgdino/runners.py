@@ -10,21 +10,37 @@ model (`TorchRunner`) or an exported ONNX file (`OnnxRunner`). Both answer the s
 import numpy as np
 import torch
 
+from . import precision
 from .errors import UsageError
-from .loading import check_device_and_dtype, load_model_and_processor, load_processor
+from .loading import check_precision, load_model_and_processor, load_processor, weights_dtype
 from .modeling.features import PromptFeatures
 from .onnx_runtime import OnnxModel, fit_inside, sidecar
 
 PROMPT_CACHE_SIZE = 64  # encoded prompts kept per runner (per-image vocabularies make many)
 
 
-def runner_for(model, device=None, dtype=None, processor=None, runtime=None):
+def runner_for(model, device=None, dtype=None, processor=None, runtime=None, compile=False, calibration=None):
     """The runner of `model`: an exported .onnx file (or any model with `runtime` given) runs in ONNX Runtime or
-    OpenVINO; anything else is loaded as mmgdino's PyTorch model."""
-    device, dtype = check_device_and_dtype(device, dtype)
+    OpenVINO; anything else is loaded as mmgdino's PyTorch model, at `dtype` (a dtype, "int8" or "auto"), its
+    stages compiled with Inductor when `compile` (mmgdino.compiled). int8 calibrates on `calibration` images
+    (mmgdino.quantization)."""
+    from .compiled import worth_compiling
+
+    device, name = check_precision(device, dtype)
+    compile = worth_compiling(compile, device, images=0)  # checked here; "auto" compiles long runs (the CLI's)
     if str(model).endswith(".onnx") or runtime is not None:
         return OnnxRunner(model, runtime or "onnxruntime", processor)
-    return TorchRunner(*load_model_and_processor(model, device, dtype, processor))
+    built, processor = load_model_and_processor(model, device, weights_dtype(name), processor)
+    runner = TorchRunner(built, processor)
+    if name == "int8":
+        from .quantization import quantize_runner
+
+        quantize_runner(runner, calibration)
+    if compile:
+        from .compiled import compile_runner
+
+        compile_runner(runner)
+    return runner
 
 
 class TorchRunner:
@@ -36,8 +52,14 @@ class TorchRunner:
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
         self.device, self.dtype = model.device, model.dtype
+        self.precision = str(self.dtype).replace("torch.", "")  # "int8" once quantized
         self.max_text_len = model.config.max_text_len
         self._prompt_cache = {}  # token ids -> PromptFeatures
+        # The two stages a detection runs per batch; mmgdino.compiled swaps in compiled ones.
+        self.encode_image_stage = self._encode_image_eager
+        self.predict_stage = self._predict_eager
+        # Without native bf16 the 16-bit matrix products run in float32 (mmgdino.precision).
+        self.matmuls = precision.matmul_context(self.dtype, self.device)
 
     def pixels(self, pil_images):
         """The checkpoint processor's resize and padding."""
@@ -45,14 +67,15 @@ class TorchRunner:
         return pixels["pixel_values"], pixels["pixel_mask"]
 
     def encode_images(self, pixel_values, pixel_mask):
-        return self.model.encode_image(pixel_values.to(self.device, self.dtype), pixel_mask.to(self.device))
+        with self.matmuls():
+            return self.encode_image_stage(pixel_values.to(self.device, self.dtype), pixel_mask.to(self.device))
 
     def encode_prompt(self, input_ids):
         """One prompt's features (cached by its token ids)."""
         key = tuple(input_ids)
         if key not in self._prompt_cache:
             ids = torch.tensor([input_ids], device=self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self.matmuls():
                 self._prompt_cache[key] = self.model.encode_prompt(ids, attention_mask=torch.ones_like(ids))
             if len(self._prompt_cache) > PROMPT_CACHE_SIZE:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
@@ -66,7 +89,14 @@ class TorchRunner:
 
     def predict(self, images, members, prompts):
         features = images if len(members) == images.batch else images.select(members)
-        out = self.model(prompt_features=self.prompt_batch(prompts), image_features=features)
+        with self.matmuls():
+            return self.predict_stage(features, self.prompt_batch(prompts))
+
+    def _encode_image_eager(self, pixel_values, pixel_mask):
+        return self.model.encode_image(pixel_values, pixel_mask)
+
+    def _predict_eager(self, image_features, prompt_features):
+        out = self.model(prompt_features=prompt_features, image_features=image_features)
         return out.logits, out.pred_boxes
 
 

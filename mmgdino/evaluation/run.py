@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from .. import distributed, loop
+from ..compiled import worth_compiling
 from ..errors import UsageError
-from ..loading import DEFAULT_MODEL, check_device_and_dtype, dtype_name
+from ..loading import DEFAULT_MODEL, check_precision, dtype_name, weights_dtype
+from ..quantization import CALIBRATION_IMAGES
 from ..results import ResultStore, write_atomically
 from ..runners import runner_for
 from ..sources import version_of
@@ -48,12 +50,15 @@ class EvalJob:
     max_dets: int
     device: str = None
     dtype: str = None
+    compile: bool = False
+    calibration: list = None  # int8: images whose activations set its ranges
     scale: tuple = TEST_SCALE
     processor: object = field(default=None, repr=False)
     fault_injection: dict = field(default=None, repr=False)  # tests only: see loop.inject_fault
 
     def setup(self):
-        self.runner = runner_for(self.model, self.device, self.dtype, self.processor)
+        self.runner = runner_for(self.model, self.device, self.dtype, self.processor, compile=self.compile,
+                                 calibration=self.calibration)  # fmt: skip
         self.prompts = class_prompts(self.names, self.runner.tokenizer, self.chunk_size, self.runner.max_text_len)
 
     def __call__(self, keys, images, payloads):
@@ -83,7 +88,7 @@ def _checked(protocol, compare, chunk_size, max_dets, batch_size, model, process
 
 def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="protocol", max_dets=None,
              batch_size=1, device=None, dtype=None, limit=None, compare=None, processor=None, progress=True,
-             log=None, ray=None, scale=None, threads=None):  # fmt: skip
+             log=None, ray=None, scale=None, threads=None, compile=False, calibration=None):  # fmt: skip
     """Runs the protocol and writes into the folder `out`: predictions.jsonl (+ .progress: the per-image cache a
     rerun resumes from), detections.json (COCO results), metrics.json, per_category.json, summary.md. Returns the
     metrics.json content.
@@ -103,7 +108,9 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
-    device, dtype = check_device_and_dtype(device, dtype)
+    device, dtype = check_precision(device, dtype)
+    if calibration is not None and dtype != "int8":
+        raise UsageError("--calibration sets int8's ranges: it needs --dtype int8")
     settings = settings_of(model, protocol, chunk_size, max_dets, batch_size, device, dtype, annotations, scale)
     store = ResultStore(out / "predictions.jsonl", settings)
     versions = {str(im["path"]): version_of(im["path"]) for im in dataset.images}
@@ -113,7 +120,10 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         f"{len(dataset.categories)} categories, protocol {protocol}")  # fmt: skip
 
     job = EvalJob(model, dataset.names, [c["id"] for c in dataset.categories], chunk_size, max_dets,
-                  device=str(device), dtype=dtype_name(dtype), scale=scale, processor=processor)  # fmt: skip
+                  device=str(device), dtype=dtype, scale=scale, processor=processor,
+                  compile=worth_compiling(compile, device, len(dataset.images)),
+                  calibration=[str(im["path"]) for im in dataset.images[: calibration or CALIBRATION_IMAGES]]
+                  if dtype == "int8" else None)  # fmt: skip
     image_ids = {str(im["path"]): im["id"] for im in dataset.images}
     items = [(key, {"image_id": image_ids[key]}) for key in todo]
     threads = threads or loop.default_threads()
@@ -152,7 +162,9 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
         "ray": None if ray is None else {"workers": summary.workers, "seconds": summary.seconds},
     }
     if compare == "transformers":
-        report["transformers"] = compare_transformers(dataset, model, chunk_size, device, dtype, out, progress, log)
+        report["transformers"] = compare_transformers(
+            dataset, model, chunk_size, device, weights_dtype(dtype), out, progress, log
+        )
     write_atomically(out / "metrics.json", json.dumps(report, indent=1) + "\n")
     write_atomically(out / "per_category.json", json.dumps(result["per_category"], indent=1) + "\n")
     write_atomically(out / "summary.md", summary_markdown(report, result["per_category"]))
