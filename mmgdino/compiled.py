@@ -124,6 +124,8 @@ def export_stage(module, args):
 
 
 def load_package(path):
+    # torch 2.10's loader reads torch._inductor.codecache without importing it: a process that only loads fails.
+    import torch._inductor.codecache  # noqa: F401
     from torch._inductor import aoti_load_package
 
     return aoti_load_package(str(path))

@@ -126,7 +126,11 @@ def test_compiled_packages_are_built_once_and_reused_by_a_second_process(small_c
     loads them without compiling and detects the same; the compiled stages agree with eager on the same input."""
     monkeypatch.setenv("MMGDINO_CACHE_DIR", str(tmp_path / "cache"))
     command = [sys.executable, "-c", SECOND_PROCESS, str(small_checkpoint.directory), str(images[0])]
-    runs = [json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout) for _ in range(2)]
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs.append(json.loads(done.stdout))
     assert (runs[0]["builds"], runs[0]["loads"]) == (2, 0)
     assert (runs[1]["builds"], runs[1]["loads"]) == (0, 2)
     assert runs[1]["found"] == runs[0]["found"]

@@ -87,7 +87,7 @@ class GroundingDinoPreTrainedModel(PreTrainedModel):
         except ModelLoadError:
             raise
         except Exception as exc:  # a folder with a config but no (or unreadable, or unfitting) weights
-            raise ModelLoadError(f"{where}: could not read the weights ({weights.first_line(exc)})") from exc
+            raise ModelLoadError(f"{where}: no readable weights ({weights.first_line(exc)})") from exc
         model, info = loaded if kwargs.get("output_loading_info") else (loaded, None)
         if device is not None:
             model = model.to(device)
