@@ -49,6 +49,20 @@ def _corner_valid(touches, h, w, height, width, start, num_values):
 
 
 @triton.jit
+def _corner_tap(corner: tl.constexpr, touches, h0, w0, lh, lw, height, width, start, num_values, value_ptr, head_base,
+                row_stride, d_offs, d_mask, ACC: tl.constexpr):  # fmt: skip
+    """One of a point's four bilinear corners (corner // 2 rows down, corner % 2 columns right): whether it is
+    inside the level, its two bilinear weights, its channel values and their offsets in value."""
+    dh = corner // 2
+    dw = corner % 2
+    ok, row = _corner_valid(touches, h0 + dh, w0 + dw, height, width, start, num_values)
+    wy = lh * dh + (1.0 - lh) * (1 - dh)
+    wx = lw * dw + (1.0 - lw) * (1 - dw)
+    vals, offs = _corner(value_ptr, row, ok, head_base, row_stride, d_offs, d_mask, ACC)
+    return ok, wy, wx, vals, offs
+
+
+@triton.jit
 def _level(shapes_ptr, starts_ptr, level):
     """(height, width, first value row) of one feature level."""
     return tl.load(shapes_ptr + 2 * level), tl.load(shapes_ptr + 2 * level + 1), tl.load(starts_ptr + level)
@@ -80,12 +94,8 @@ def forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr
             point_index = bqh * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             touches, h0, w0, lh, lw, attn = _point_setup(loc_ptr, attn_ptr, point_index, q_mask, height, width, ACC)
             for corner in tl.static_range(4):
-                dh = corner // 2
-                dw = corner % 2
-                ok, row = _corner_valid(touches, h0 + dh, w0 + dw, height, width, start, num_values)
-                wy = lh * dh + (1.0 - lh) * (1 - dh)
-                wx = lw * dw + (1.0 - lw) * (1 - dw)
-                vals, _ = _corner(value_ptr, row, ok, head_base, row_stride, d_offs, d_mask, ACC)
+                ok, wy, wx, vals, _ = _corner_tap(corner, touches, h0, w0, lh, lw, height, width, start, num_values,
+                                                  value_ptr, head_base, row_stride, d_offs, d_mask, ACC)  # fmt: skip
                 acc += (tl.where(ok, wy * wx * attn, 0.0))[:, None] * vals
     out_offs = bqh[:, None] * head_dim + d_offs[None, :]
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask[None, :])
@@ -110,18 +120,15 @@ def backward_kernel(grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, at
             grad_w = tl.zeros((BLOCK_Q,), dtype=ACC)  # d sample / d w_im, before the attention weight
             grad_h = tl.zeros((BLOCK_Q,), dtype=ACC)
             for corner in tl.static_range(4):
-                dh = corner // 2
-                dw = corner % 2
-                ok, row = _corner_valid(touches, h0 + dh, w0 + dw, height, width, start, num_values)
-                wy = lh * dh + (1.0 - lh) * (1 - dh)
-                wx = lw * dw + (1.0 - lw) * (1 - dw)
-                vals, offs = _corner(value_ptr, row, ok, head_base, row_stride, d_offs, d_mask, ACC)
+                ok, wy, wx, vals, offs = _corner_tap(corner, touches, h0, w0, lh, lw, height, width, start,
+                                                     num_values, value_ptr, head_base, row_stride, d_offs, d_mask,
+                                                     ACC)  # fmt: skip
                 dot = tl.sum(vals * grad, axis=1)
                 dot = tl.where(ok, dot, 0.0)
                 grad_attn += wy * wx * dot
                 # d(wy * wx) / d w_im = +-wy and d(wy * wx) / d h_im = +-wx, + for the far corner
-                grad_w += (2 * dw - 1) * wy * dot
-                grad_h += (2 * dh - 1) * wx * dot
+                grad_w += (2 * (corner % 2) - 1) * wy * dot
+                grad_h += (2 * (corner // 2) - 1) * wx * dot
                 contribution = tl.where(ok, wy * wx * attn, 0.0)[:, None] * grad
                 tl.atomic_add(
                     grad_value_ptr + offs,
@@ -159,31 +166,13 @@ def _launch(value, sampling_locations, accumulate, interpret):
 def ms_deform_attn_fwd(wrap, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
                        accumulate, interpret=False):  # fmt: skip
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
-    wrap(forward_kernel)[grid](
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        out,
-        *sizes,
-        **constants,
-    )
+    wrap(forward_kernel)[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
+                               *sizes, **constants)  # fmt: skip
 
 
 def ms_deform_attn_bwd(wrap, grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                        grad_value_acc, grad_loc, grad_attn, accumulate, interpret=False):  # fmt: skip
     grid, sizes, constants = _launch(value, sampling_locations, accumulate, interpret)
-    wrap(backward_kernel)[grid](
-        grad_out,
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_locations,
-        attention_weights,
-        grad_value_acc,
-        grad_loc,
-        grad_attn,
-        *sizes,
-        **constants,
-    )
+    wrap(backward_kernel)[grid](grad_out, value, spatial_shapes, level_start_index, sampling_locations,
+                                attention_weights, grad_value_acc, grad_loc, grad_attn,
+                                *sizes, **constants)  # fmt: skip

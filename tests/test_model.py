@@ -218,12 +218,12 @@ torch.save(outs, {str(tmp_path / "outs.pt")!r})
 
 
 def test_cpu_feed_forward_in_row_chunks_equals_one_product():
-    from mmgdino.modeling.layers import _feed_forward
+    from mmgdino.modeling.layers import feed_forward
 
     x = torch.randn(2, 1300, 16)  # 2600 rows: two full chunks of 1024 and a partial one
     fc1, fc2, norm = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16), torch.nn.LayerNorm(16)
     with torch.no_grad():
-        chunked = _feed_forward(x, fc1, fc2, norm, torch.relu_, chunk_rows=1024)
+        chunked = feed_forward(x, fc1, fc2, norm, torch.relu_, chunk_rows=1024)
         whole = norm(x + fc2(torch.relu(fc1(x))))
     torch.testing.assert_close(chunked, whole)
 

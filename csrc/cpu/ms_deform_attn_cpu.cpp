@@ -25,9 +25,7 @@ inline int gather_taps(const scalar_t* loc, const scalar_t* attn, const MsdaPoin
                        const scalar_t* value_bh, int64_t row_stride, int64_t* tap_rows, acc_t* tap_weights) {
   int count = 0;
   for (int64_t l = 0; l < d.num_levels; ++l) {
-    const int64_t height = lv.shapes[2 * l];
-    const int64_t width = lv.shapes[2 * l + 1];
-    const int64_t start = lv.starts[l];
+    const auto [height, width, start] = level_extent(lv.shapes, lv.starts, l);
     for (int64_t p = 0; p < d.num_points; ++p) {
       const int64_t point = l * d.num_points + p;
       BilinearTaps<acc_t> taps;
@@ -172,9 +170,7 @@ void backward_cpu_impl(const Tensor& grad_output, const Tensor& value, const Msd
         for (int64_t c = 0; c < d.head_dim; ++c) grad[c] = static_cast<acc_t>(grad_row[c]);
         const int64_t point_base = (bq * d.num_heads + h) * points_per_head;
         for (int64_t l = 0; l < d.num_levels; ++l) {
-          const int64_t height = lv.shapes[2 * l];
-          const int64_t width = lv.shapes[2 * l + 1];
-          const int64_t start = lv.starts[l];
+          const auto [height, width, start] = level_extent(lv.shapes, lv.starts, l);
           for (int64_t p = 0; p < d.num_points; ++p) {
             const int64_t point = point_base + l * d.num_points + p;
             BilinearTaps<acc_t> taps;

@@ -137,6 +137,22 @@ struct Walk {
   int64_t row_, rows_ = 0;
 };
 
+// A lane's place in the walk (its lane in the group, its group's first step, the grid's stride in groups) and the
+// sizes both kernels index with.
+template <int kVec, int kGroup>
+struct LaneLayout {
+  int lane;
+  int64_t first_group, groups_per_grid, items, row_stride, points_per_head, chunks;
+  __device__ explicit LaneLayout(const MsdaForwardArgs& a)
+      : lane(threadIdx.x % kGroup),
+        first_group(static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup),
+        groups_per_grid(static_cast<int64_t>(gridDim.x) * (kThreads / kGroup)),
+        items(a.batch * a.num_queries * a.num_heads),
+        row_stride(a.num_heads * a.head_dim),
+        points_per_head(a.num_levels * a.num_points),
+        chunks(a.head_dim / kVec) {}
+};
+
 template <typename T, int kVec, int kGroup>
 __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs a) {
   using A = typename Acc<T>::type;
@@ -144,29 +160,21 @@ __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs 
   const T* __restrict__ loc = static_cast<const T*>(a.sampling_locations);
   const T* __restrict__ attn = static_cast<const T*>(a.attention_weights);
   T* __restrict__ out = static_cast<T*>(a.output);
-  const int lane = threadIdx.x % kGroup;
-  const int64_t groups_per_grid = static_cast<int64_t>(gridDim.x) * (kThreads / kGroup);
-  const int64_t total = a.batch * a.num_queries * a.num_heads;
-  const int64_t row_stride = a.num_heads * a.head_dim;
-  const int64_t points_per_head = a.num_levels * a.num_points;
-  const int64_t chunks = a.head_dim / kVec;
+  const LaneLayout<kVec, kGroup> layout(a);
 
-  for (Walk<kHeadMajor<kVec, kGroup>> w(static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup,
-                                        a);
-       w.step < total; w.advance(groups_per_grid, a)) {
+  for (Walk<kHeadMajor<kVec, kGroup>> w(layout.first_group, a); w.step < layout.items;
+       w.advance(layout.groups_per_grid, a)) {
     const int64_t item = w.item, h = w.h, b = w.b;
     const T* value_bh = value + (b * a.num_values * a.num_heads + h) * a.head_dim;
-    const T* item_loc = loc + 2 * item * points_per_head;
-    const T* item_attn = attn + item * points_per_head;
-    for (int64_t chunk = lane; chunk < chunks; chunk += kGroup) {
+    const T* item_loc = loc + 2 * item * layout.points_per_head;
+    const T* item_attn = attn + item * layout.points_per_head;
+    for (int64_t chunk = layout.lane; chunk < layout.chunks; chunk += kGroup) {
       const int64_t channel = chunk * kVec;
       A acc[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) acc[i] = A(0);
       for (int64_t l = 0; l < a.num_levels; ++l) {
-        const int64_t height = a.spatial_shapes[2 * l];
-        const int64_t width = a.spatial_shapes[2 * l + 1];
-        const int64_t start = a.level_start_index[l];
+        const auto [height, width, start] = level_extent(a.spatial_shapes, a.level_start_index, l);
         for (int64_t p = 0; p < a.num_points; ++p) {
           const int64_t point = l * a.num_points + p;
           BilinearTaps<A> taps;
@@ -178,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) msda_forward_kernel(MsdaForwardArgs 
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
             if (!taps.valid[k]) continue;
-            const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + taps.row[k] * row_stride + channel);
+            const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + taps.row[k] * layout.row_stride + channel);
             const A w = w_attn * taps.weight[k];
 #pragma unroll
             for (int i = 0; i < kVec; ++i) acc[i] += w * to_acc(v.v[i]);
@@ -208,36 +216,30 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
   A* __restrict__ grad_value = static_cast<A*>(args.grad_value_acc);
   T* __restrict__ grad_loc = static_cast<T*>(args.grad_sampling_locations);
   T* __restrict__ grad_attn = static_cast<T*>(args.grad_attention_weights);
-  const int lane = threadIdx.x % kGroup;
-  const int64_t groups_per_grid = static_cast<int64_t>(gridDim.x) * (kThreads / kGroup);
-  const int64_t total = a.batch * a.num_queries * a.num_heads;
-  const int64_t row_stride = a.num_heads * a.head_dim;
-  const int64_t points_per_head = a.num_levels * a.num_points;
-  const int64_t chunks = a.head_dim / kVec;
+  const LaneLayout<kVec, kGroup> layout(a);
   // Pairs (atomic_accumulate_paired) need both lanes in one group and on the same chunk trips: an even chunk count.
   constexpr bool kPairable = std::is_same_v<A, float> && kVec == 8 && kGroup >= 2;
-  [[maybe_unused]] const bool paired = kPairable && chunks % 2 == 0;
+  [[maybe_unused]] const bool paired = kPairable && layout.chunks % 2 == 0;
   // 16-bit rows of 64 channels and more keep item order here: on top of the pairs' registers, head-major spills.
   constexpr bool kWalkHeadMajor = kHeadMajor<kVec, kGroup> && !kPairable;
 
   // Every lane of a warp runs the same number of iterations (the loop bound is warp-uniform), so the
   // full-mask shuffles below are safe; lanes without an item work on zeros and write nothing.
-  const int64_t warp_items = (total + (kThreads / kGroup) - 1) / (kThreads / kGroup) * (kThreads / kGroup);
-  for (Walk<kWalkHeadMajor> w(static_cast<int64_t>(blockIdx.x) * (kThreads / kGroup) + threadIdx.x / kGroup, a);
-       w.step < warp_items; w.advance(groups_per_grid, a)) {
-    const bool active = w.step < total;
+  const int64_t warp_items = (layout.items + (kThreads / kGroup) - 1) / (kThreads / kGroup) * (kThreads / kGroup);
+  for (Walk<kWalkHeadMajor> w(layout.first_group, a); w.step < warp_items; w.advance(layout.groups_per_grid, a)) {
+    const bool active = w.step < layout.items;
     const int64_t item = active ? w.item : 0, h = active ? w.h : 0, b = active ? w.b : 0;
     const int64_t slice = (b * a.num_values * a.num_heads + h) * a.head_dim;
     const T* value_bh = value + slice;
     A* grad_value_bh = grad_value + slice;
-    const T* item_loc = loc + 2 * item * points_per_head;
-    const T* item_attn = attn + item * points_per_head;
+    const T* item_loc = loc + 2 * item * layout.points_per_head;
+    const T* item_attn = attn + item * layout.points_per_head;
 
     A g[kMaxChunksPerLane][kVec];
 #pragma unroll
     for (int c = 0; c < kMaxChunksPerLane; ++c) {
-      const int64_t chunk = lane + static_cast<int64_t>(c) * kGroup;
-      const bool have = active && chunk < chunks;
+      const int64_t chunk = layout.lane + static_cast<int64_t>(c) * kGroup;
+      const bool have = active && chunk < layout.chunks;
       Packet<T, kVec> v;
       if (have) v = load_packet<T, kVec>(grad_out + item * a.head_dim + chunk * kVec);
 #pragma unroll
@@ -245,9 +247,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
     }
 
     for (int64_t l = 0; l < a.num_levels; ++l) {
-      const int64_t height = a.spatial_shapes[2 * l];
-      const int64_t width = a.spatial_shapes[2 * l + 1];
-      const int64_t start = a.level_start_index[l];
+      const auto [height, width, start] = level_extent(a.spatial_shapes, a.level_start_index, l);
       for (int64_t p = 0; p < a.num_points; ++p) {
         const int64_t point = l * a.num_points + p;
         BilinearTaps<A> taps;
@@ -263,7 +263,8 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
           // This lane's chunk c of the corner: its dot with grad_output goes to partial; returns where its
           // grad_value contribution goes.
           const auto take = [&](int c, A(&contribution)[kVec]) {
-            const int64_t offset = taps.row[k] * row_stride + (lane + static_cast<int64_t>(c) * kGroup) * kVec;
+            const int64_t offset =
+                taps.row[k] * layout.row_stride + (layout.lane + static_cast<int64_t>(c) * kGroup) * kVec;
             const Packet<T, kVec> v = load_packet<T, kVec>(value_bh + offset);
 #pragma unroll
             for (int i = 0; i < kVec; ++i) {
@@ -276,11 +277,11 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
             if (paired) {  // every lane of the warp runs the same trips: the pairs shuffle
 #pragma unroll
               for (int c = 0; c < kMaxChunksPerLane; ++c) {
-                if (static_cast<int64_t>(c) * kGroup >= chunks) break;
-                const bool adds = corner && lane + static_cast<int64_t>(c) * kGroup < chunks;
+                if (static_cast<int64_t>(c) * kGroup >= layout.chunks) break;
+                const bool adds = corner && layout.lane + static_cast<int64_t>(c) * kGroup < layout.chunks;
                 A contribution[kVec] = {};
                 const int64_t offset = adds ? take(c, contribution) : 0;
-                atomic_accumulate_paired(grad_value_bh + offset, contribution, adds, lane);
+                atomic_accumulate_paired(grad_value_bh + offset, contribution, adds, layout.lane);
               }
               corner_dot[k] = group_sum<kGroup>(partial);
               continue;
@@ -289,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
           if (corner) {
 #pragma unroll
             for (int c = 0; c < kMaxChunksPerLane; ++c) {
-              if (lane + static_cast<int64_t>(c) * kGroup >= chunks) break;
+              if (layout.lane + static_cast<int64_t>(c) * kGroup >= layout.chunks) break;
               A contribution[kVec];
               const int64_t offset = take(c, contribution);
               atomic_accumulate(grad_value_bh + offset, contribution);
@@ -297,17 +298,17 @@ __global__ void __launch_bounds__(kThreads) msda_backward_kernel(MsdaBackwardArg
           }
           corner_dot[k] = group_sum<kGroup>(partial);
         }
-        if (active && lane == 0) {
-          T* gl = grad_loc + 2 * (item * points_per_head + point);
+        if (active && layout.lane == 0) {
+          T* gl = grad_loc + 2 * (item * layout.points_per_head + point);
           if (touches) {
             const PointGrad<A> pg = point_gradient<A>(taps, corner_dot, w_attn, height, width);
             gl[0] = from_acc<T>(pg.loc_x);
             gl[1] = from_acc<T>(pg.loc_y);
-            grad_attn[item * points_per_head + point] = from_acc<T>(pg.attn);
+            grad_attn[item * layout.points_per_head + point] = from_acc<T>(pg.attn);
           } else {
             gl[0] = from_acc<T>(A(0));
             gl[1] = from_acc<T>(A(0));
-            grad_attn[item * points_per_head + point] = from_acc<T>(A(0));
+            grad_attn[item * layout.points_per_head + point] = from_acc<T>(A(0));
           }
         }
       }

@@ -227,7 +227,7 @@ class FusionLayer(nn.Module):
         return torch.addcmul(vision, self.vision_param, delta_vision), torch.addcmul(text, self.text_param, delta_text)
 
 
-def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024, dropouts=(0.0, 0.0), training=False):
+def feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024, dropouts=(0.0, 0.0), training=False):
     """norm(x + fc2(act(fc1(x)))), with dropout after the activation and after fc2 (dropouts) in training. On the
     CPU without autograd in row chunks: the (rows, ffn_dim) intermediate (8 MB for 1024 x 2048) stays in the
     last-level cache instead of being a fresh multi-hundred-megabyte buffer per layer (page faults and DRAM
@@ -248,33 +248,43 @@ def _feed_forward(x, fc1, fc2, norm, activation, chunk_rows=1024, dropouts=(0.0,
     return norm(out.view_as(x))
 
 
+class FeedForwardSublayer:
+    """For a layer that ends in the feed-forward sublayer: its fc1, fc2 (transformers' names, so checkpoints load)
+    and activation, applied with the layer's norm and dropouts."""
+
+    def add_feed_forward(self, d_model, ffn_dim, activation):
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.activation = _activation(activation)
+
+    def feed_forward(self, x, norm, dropouts):
+        return feed_forward(x, self.fc1, self.fc2, norm, self.activation, dropouts=dropouts, training=self.training)
+
+
 def _activation(name):
     if name == "relu":
         return torch.relu_
     return {"gelu": F.gelu, "silu": F.silu}[name]
 
 
-class TextEnhancerLayer(nn.Module):
+class TextEnhancerLayer(FeedForwardSublayer, nn.Module):
     def __init__(self, config):
         super().__init__()
         d = config.d_model
         self.self_attn = MultiheadAttention(d, config.encoder_attention_heads // 2, config.attention_dropout)
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim // 2)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim // 2, d)
+        self.add_feed_forward(d, config.encoder_ffn_dim // 2, config.activation_function)
         self.layer_norm_before = nn.LayerNorm(d, config.layer_norm_eps)
         self.layer_norm_after = nn.LayerNorm(d, config.layer_norm_eps)
-        self.activation = _activation(config.activation_function)
         self.dropout = config.text_enhancer_dropout
 
     def forward(self, text, text_pos, phrase_keep):
         with_pos = text + text_pos
         attended = dropout(self.self_attn(with_pos, with_pos, text, phrase_keep), self.dropout, self.training)
         text = self.layer_norm_before(text + attended)
-        return _feed_forward(text, self.fc1, self.fc2, self.layer_norm_after, self.activation,
-                             dropouts=(self.dropout, self.dropout), training=self.training)  # fmt: skip
+        return self.feed_forward(text, self.layer_norm_after, (self.dropout, self.dropout))
 
 
-class DeformableLayer(nn.Module):
+class DeformableLayer(FeedForwardSublayer, nn.Module):
     def __init__(self, config):
         super().__init__()
         d = config.d_model
@@ -282,17 +292,14 @@ class DeformableLayer(nn.Module):
             d, config.encoder_attention_heads, config.num_feature_levels, config.encoder_n_points
         )
         self.self_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
+        self.add_feed_forward(d, config.encoder_ffn_dim, config.activation_function)
         self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
-        self.activation = _activation(config.activation_function)
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, vision, vision_pos, vision_keep, reference_points, levels):
         attended = self.self_attn(vision + vision_pos, vision, vision_keep, reference_points, levels)
         vision = self.self_attn_layer_norm(vision + dropout(attended, self.dropout, self.training))
-        vision = _feed_forward(vision, self.fc1, self.fc2, self.final_layer_norm, self.activation,
-                               dropouts=(self.activation_dropout, self.dropout), training=self.training)  # fmt: skip
+        vision = self.feed_forward(vision, self.final_layer_norm, (self.activation_dropout, self.dropout))
         if self.training and not torch.isfinite(vision).all():  # as transformers: overflow clamped, not propagated
             bound = torch.finfo(vision.dtype).max - 1000
             vision = vision.clamp(-bound, bound)
@@ -333,7 +340,7 @@ class Encoder(nn.Module):
         return vision, text, vision_states, text_states
 
 
-class DecoderLayer(GradientCheckpointingLayer):
+class DecoderLayer(FeedForwardSublayer, GradientCheckpointingLayer):
     def __init__(self, config):
         super().__init__()
         d, heads = config.d_model, config.decoder_attention_heads
@@ -343,10 +350,8 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.encoder_attn_text_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
         self.encoder_attn = MultiscaleDeformableAttention(d, heads, config.num_feature_levels, config.decoder_n_points)
         self.encoder_attn_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
-        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
+        self.add_feed_forward(d, config.decoder_ffn_dim, config.activation_function)
         self.final_layer_norm = nn.LayerNorm(d, config.layer_norm_eps)
-        self.activation = _activation(config.activation_function)
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, queries, query_pos, reference_points, memory, text_memory, ctx):
@@ -359,8 +364,7 @@ class DecoderLayer(GradientCheckpointingLayer):
         queries = self.encoder_attn_text_layer_norm(queries + drop(attended))
         attended = self.encoder_attn(queries + query_pos, memory, ctx.vision_keep, reference_points, ctx.levels)
         queries = self.encoder_attn_layer_norm(queries + drop(attended))
-        return _feed_forward(queries, self.fc1, self.fc2, self.final_layer_norm, self.activation,
-                             dropouts=(self.activation_dropout, self.dropout), training=self.training)  # fmt: skip
+        return self.feed_forward(queries, self.final_layer_norm, (self.activation_dropout, self.dropout))
 
 
 class Decoder(nn.Module):

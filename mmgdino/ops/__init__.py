@@ -6,6 +6,7 @@ from .. import _extension  # noqa: F401  (loads mmgdino._C: CPU / CUDA kernels)
 
 # isort: on
 from ._backends import BACKENDS, OPS, TABLE, available_backends, unavailable_reasons
+from ._checks import accumulate_dtype
 from ._library import register_contrastive_logits_autograd, register_ms_deform_attn_autograd
 from .contrastive import contrastive_logits, contrastive_max
 from .ms_deform_attn import ms_deform_attn
@@ -14,6 +15,7 @@ __all__ = [
     "BACKENDS",
     "OPS",
     "TABLE",
+    "accumulate_dtype",
     "available_backends",
     "contrastive_logits",
     "contrastive_max",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from mmgdino.ops import accumulate_dtype
+
 _DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float64: "float64",
@@ -84,25 +86,12 @@ def _run(exe, op, args, inputs, outputs, counters=None):
         return {name: _read(Path(d, name + ".bin"), dtype, shape) for name, (dtype, shape) in outputs.items()}
 
 
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _msda_args(value, sampling_locations, misalign, window, peer=False):
     batch, num_values, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    args = dict(
-        dtype=_DTYPE_NAMES[value.dtype],
-        batch=batch,
-        num_values=num_values,
-        num_heads=heads,
-        head_dim=head_dim,
-        num_queries=queries,
-        num_levels=levels,
-        num_points=points,
-        misalign=int(misalign),
-        peer=int(peer),
-    )
+    args = dict(dtype=_DTYPE_NAMES[value.dtype], batch=batch, num_values=num_values, num_heads=heads,
+                head_dim=head_dim, num_queries=queries, num_levels=levels, num_points=points, misalign=int(misalign),
+                peer=int(peer))  # fmt: skip
     if window is not None:
         # value holds rows [start, start + len) of a batch-1 value with num_values rows, the rest zeros.
         start, args["num_values"] = window
@@ -137,7 +126,7 @@ def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start
     inputs = _msda_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     inputs["grad_output"] = grad_output
     outputs = {
-        "grad_value": (_acc_dtype(value.dtype), value.shape),
+        "grad_value": (accumulate_dtype(value.dtype), value.shape),
         "grad_sampling_locations": (value.dtype, sampling_locations.shape),
         "grad_attention_weights": (value.dtype, attention_weights.shape),
     }
@@ -148,16 +137,9 @@ def ms_deform_attn_backward(exe, grad_output, value, spatial_shapes, level_start
 def contrastive(exe, vision, text, text_token_mask, bias, scale, max_text_len, reduce_max=False, counters=None):
     batch, rows, dim = vision.shape
     tokens = text.shape[1]
-    acc = _acc_dtype(vision.dtype)
-    args = dict(
-        dtype=_DTYPE_NAMES[vision.dtype],
-        batch=batch,
-        num_rows=rows,
-        num_tokens=tokens,
-        dim=dim,
-        max_text_len=max_text_len,
-        scale=repr(float(scale)),
-    )
+    acc = accumulate_dtype(vision.dtype)
+    args = dict(dtype=_DTYPE_NAMES[vision.dtype], batch=batch, num_rows=rows, num_tokens=tokens, dim=dim,
+                max_text_len=max_text_len, scale=repr(float(scale)))  # fmt: skip
     inputs = dict(
         vision=vision, text=text, text_token_mask=text_token_mask.to(torch.bool), bias=torch.tensor(bias, dtype=acc)
     )

@@ -19,6 +19,16 @@ namespace mmgdino {
 MMGDINO_HD float floor_of(float x) { return floorf(x); }
 MMGDINO_HD double floor_of(double x) { return floor(x); }
 
+// A feature level's extent: its height, width and first row on value's num_values axis, read from the level tables
+// (spatial_shapes as (height, width) pairs, level_start_index).
+struct LevelExtent {
+  int64_t height, width, start;
+};
+
+MMGDINO_HD LevelExtent level_extent(const int64_t* spatial_shapes, const int64_t* level_start_index, int64_t level) {
+  return {spatial_shapes[2 * level], spatial_shapes[2 * level + 1], level_start_index[level]};
+}
+
 // One sampling point resolved against one feature level: the four bilinear corners as absolute rows of
 // value's num_values axis, with their weights. Corners outside the map (zero padding) or outside
 // [0, num_values) (a level that claims more rows than value has) are marked invalid and never read.
