@@ -7,6 +7,22 @@ from pathlib import Path
 
 import torch
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "avx_vnni")
+
+
+def cpu_model_and_flags():
+    """The CPU's model name and which of CPU_FLAGS it has (from /proc/cpuinfo: what lscpu prints)."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not flags:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return model, [f for f in CPU_FLAGS if f in flags]
+
 
 def describe_device(device):
     if device.type == "cuda":

@@ -144,25 +144,3 @@ def test_hf_trainer_takes_the_model_as_it_is(tmp_path, monkeypatch):
         mine = Ours.from_pretrained(checkpoint)(**inputs)
     for got in (theirs, mine):
         torch.testing.assert_close(got.pred_boxes, want.pred_boxes, atol=1e-4, rtol=1e-4)
-
-
-def test_training_benchmark_reports_and_refuses_bad_arguments(tmp_path, capsys):
-    from mmgdino.bench import training
-
-    with pytest.raises(SystemExit) as exit_info:
-        training.main(["--batch", "0"])
-    assert exit_info.value.code == 2 and "must be positive" in capsys.readouterr().err
-    profile = {"top": [{"op": "aten::mm", "ms": 900.0, "share": 0.3, "calls": 10}],
-               "key": [{"op": "mmgdino::ms_deform_attn_backward", "ms": 50.0, "share": 0.02, "calls": 12}]}  # fmt: skip
-    rows = [{"implementation": name, "autocast_bf16": False, "step_ms": ms, "first_loss": 10.0, "profile": profile,
-             "parts_ms": {"forward": ms / 3, "backward": ms / 2, "optimizer": ms / 6}} for name, ms in
-            (("transformers", 9000.0), ("mmgdino", 3000.0))]  # fmt: skip
-    rows[1] |= {"speedup": 3.0, "loss_rel_err": 1e-7}
-    report = {"case": "c", "device": "cpu", "cpu": {"model": "m", "isa": ["avx2"], "threads": 2}, "gpu": None,
-              "load_average": {"start": 1.0, "end": 1.5}, "commit": "abc", "versions": {"torch": "x"},
-              "repeats": 3, "results": rows}  # fmt: skip
-    table = training.markdown(report)
-    assert "| mmgdino | float32 | 3000 | 1000 | 1500 | 500 | **3.00x** | 1.0e-07 |" in table
-    assert "`mmgdino::ms_deform_attn_backward` | 50 | 2.0% | 12" in table and "ISA avx2" in table
-    training.plot(report, tmp_path / "chart.png")
-    assert (tmp_path / "chart.png").stat().st_size > 0

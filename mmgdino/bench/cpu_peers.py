@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..environment import git_commit, versions
+from ..environment import cpu_model_and_flags, git_commit, versions
 from ..precision import cpu_features
 from .cases import tiny_model_and_inputs
 from .onnx import topk_agreement
@@ -40,18 +40,9 @@ AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MMGDI
 
 def cpu_record():
     """The CPU as lscpu names it, its ISA flags that matter here, threads, the switches in force and the load."""
-    model, flags = "unknown", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "avx_vnni")
+    model, flags = cpu_model_and_flags()
     features = cpu_features()
-    return {"model": model, "flags": [f for f in wanted if f in flags], "level": features.level,
+    return {"model": model, "flags": flags, "level": features.level,
             "described": features.describe(), "threads": torch.get_num_threads(),
             "caps": {k: os.environ[k] for k in AVX2_CAPS if k in os.environ},
             "load_average": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
