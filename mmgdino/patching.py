@@ -39,6 +39,8 @@ def _contrastive_forward(self, vision_hidden_state, text_hidden_state, text_toke
     """MM Grounding DINO / LLMDet head: (q . t) / sqrt(d) + per-layer bias; Grounding DINO's: q . t (no bias
     parameter: no scale, no bias)."""
     mm = getattr(self, "bias", None) is not None
+    # Under autocast the two sides may arrive in different dtypes (the text's LayerNorm float32, a Linear's bf16).
+    text_hidden_state = text_hidden_state.to(vision_hidden_state.dtype)
     return ops.contrastive_logits(vision_hidden_state, text_hidden_state, text_token_mask.bool(),
                                   bias=self.bias if mm else 0.0, scale=None if mm else 1.0,
                                   max_text_len=self.max_text_len, backend=self._mmgdino_backend)  # fmt: skip

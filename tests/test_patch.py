@@ -87,3 +87,28 @@ def test_patch_rejects_models_without_targets_and_bad_backends():
         mmgdino.patch(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown backend"):
         mmgdino.patch(_mm_grounding_dino(), backend="nope")
+
+
+@pytest.mark.parametrize("family", ["mm_grounding_dino_4", "grounding_dino"])
+def test_patched_model_trains_under_bf16_autocast_as_transformers_does(family):
+    """Under autocast the contrastive head gets a bf16 side (a Linear's output) and a float32 side (a LayerNorm's):
+    transformers' matmul casts both, so the patched head must too; the loss matches unpatched transformers'."""
+    from test_losses import labels_for
+
+    model = (_mm_grounding_dino if family.startswith("mm") else _grounding_dino)().train()
+    inputs = mb.grounding_inputs()
+    labels = labels_for(inputs, torch.float32)
+    losses = []
+    for patched in (False, True):
+        if patched:
+            mmgdino.patch(model)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        assert torch.isfinite(loss) and all(
+            torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+        )
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
