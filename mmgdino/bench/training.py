@@ -14,8 +14,9 @@ image) with the same seed, so their first losses are comparable (rel err). Each 
 warm-up, rows round-robin (one step of each, then the next); float32, and bfloat16 autocast (float32 weights)
 where the CPU or GPU has native bf16. One more step of each row runs under torch.profiler for where the time
 goes. `--memory`: peak memory of each row, on CUDA what one step allocates on top of what was allocated before it,
-on CPUs the growth of the resident set over two steps in a fresh process (a process's RSS peak cannot be reset). Run it
-outside the repository's root folder (or with `python -P`): the root's `kernels/` must not be importable.
+on CPUs the peak resident set over two steps in a fresh process less what was resident before them (the weights,
+the batch). Run it outside the repository's root folder (or with `python -P`): the root's `kernels/` must not be
+importable.
 Writes PATH.json, PATH.md and PATH.png with the CPU model and ISA, threads, load average, commit and versions.
 """
 
@@ -24,7 +25,6 @@ import copy
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -123,19 +123,30 @@ def profile_step(step, count=12):
             "key": [row(e) for e in events if any(name in e.key for name in KEY_OPS)]}  # fmt: skip
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _memory_status(*fields):
+    """Fields of /proc/self/status in bytes (VmRSS: resident now; VmHWM: the peak since the last reset)."""
+    found = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in fields:
+                found[name] = int(value.split()[0]) * 1024
+    return [found[name] for name in fields]
 
 
 def _child_peak(row, height, width, batch, autocast, threads, connection):
     torch.set_num_threads(threads)
     reference, inputs = tiny_model_and_inputs(torch.device("cpu"), height=height, width=width, batch=batch)
     step = Step(build(row, reference), inputs, labels_for(inputs), autocast)
-    before = _rss_bytes()
+    (before,) = _memory_status("VmRSS")
+    # The peak so far (building the models) is not the step's: reset it to what is resident now. (getrusage's
+    # ru_maxrss cannot be reset and, in a spawned child, starts from the parent's resident set.)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     for _ in range(2):
         step()
-    connection.send(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))
+    (peak,) = _memory_status("VmHWM")
+    connection.send(max(0, peak - before))
 
 
 def cpu_peak_growth(row, height, width, batch, autocast):
@@ -197,7 +208,7 @@ def measure(autocast, reference, inputs, labels, repeats, memory, log):
 def peak_memory_kind(device):
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated over one step, less what was allocated before it"
-    return "resident set growth over two steps in a fresh process"
+    return "peak resident set over two steps in a fresh process, less what was resident before them"
 
 
 def run(height=800, width=1333, batch=2, repeats=3, device=None, autocast_modes=None, memory=False, log=print):
