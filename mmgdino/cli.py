@@ -16,7 +16,7 @@ from .compiled import COMPILE_MODES, worth_compiling
 from .detection import DetectJob, DetectRun, detect_images
 from .detector import DEFAULT_CHUNK_MERGE_IOU, check_thresholds, clean_labels
 from .distributed import RayOptions, check_options
-from .errors import MmgdinoError, UsageError
+from .errors import EXIT_CODES, MmgdinoError, UsageError
 from .evaluation import evaluate
 from .images import IMAGE_SUFFIXES
 from .loading import DEFAULT_MODEL, PRECISIONS, check_precision, parse_dtype
@@ -230,15 +230,6 @@ def _detect(args):
     run = _checked_detect(args)
     summary = detect_images(run, log=lambda m: print(f"mmgdino detect: {m}", file=sys.stderr, flush=True))
     return 1 if summary.failures else 0
-
-
-EXIT_CODES = """exit codes:
-  0    done
-  1    some images failed (each is named on its own line); the others were written
-  2    usage or setup error (bad option, missing file, model not found), reported before any work
-  130  interrupted (Ctrl-C); what was written is consistent: rerun the same command to finish
-
-Set MMGDINO_DEBUG=1 (or pass --debug) to see the traceback behind an error."""
 
 
 def _export(args):

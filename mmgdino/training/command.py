@@ -11,6 +11,7 @@ import json
 import sys
 import typing
 
+from ..errors import EXIT_CODES
 from .config import TrainConfig, config_fields
 
 EXAMPLES = """examples:
@@ -33,8 +34,6 @@ def _flag(name):
 
 
 def register(subparsers):
-    from ..cli import EXIT_CODES
-
     parser = subparsers.add_parser("train", help="fine-tune on a COCO detection dataset (transformers' Trainer)",
                                    epilog=EXAMPLES + "\n" + EXIT_CODES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
