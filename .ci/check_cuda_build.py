@@ -65,7 +65,7 @@ def main():
                 "--binary",
                 str(library),
                 "--cuobjdump",
-                args.cuobjdump,
+                str(Path(args.cuobjdump).resolve()),  # it runs in another working directory
             ],
             capture_output=True,
             text=True,
