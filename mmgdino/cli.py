@@ -213,7 +213,7 @@ def _checked_detect(args):
         raise UsageError("--ray runs checkpoints, not exported .onnx files")
     ray = _ray_options(args)
     images, vocabularies, labels_setting = _images_and_vocabularies(args)
-    compile = not str(model).endswith(".onnx") and worth_compiling(args.compile, args.device, len(images))
+    compile = not str(model).endswith(".onnx") and worth_compiling(args.compile, args.device, len(images), args.dtype)
     calibration = None
     if args.dtype == "int8":
         local = [key for key in images if not is_uri(key)]
@@ -291,7 +291,7 @@ def _add_precision_options(parser):
     parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                         help="run the model compiled by Inductor with frozen weights, padded to size buckets; "
                         "the compile is cached on disk (MMGDINO_CACHE_DIR); auto: on for a CPU run of "
-                        "50 images or more")  # fmt: skip
+                        "50 images or more in bfloat16 or int8, where it pays")  # fmt: skip
     parser.add_argument(
         "--calibration",
         type=int,

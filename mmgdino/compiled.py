@@ -36,6 +36,10 @@ LONG_SIDE_STEP = 128  # the longer side in coarser steps: a few buckets per orie
 PROMPT_STEP = 16  # tokens
 AUTO_MIN_IMAGES = 50  # "auto" compiles a CPU run of at least this many images (see `worth_compiling`)
 COMPILE_MODES = ("auto", "on", "off")
+# Where "auto" compiles: measured at 800x1333 on a Zen 4 (benchmarks/results/cpu-peers.md), compiled against eager
+# bfloat16 1.33x, int8 1.40x, float32 0.92x (oneDNN's float32 products gain nothing from freezing; the compiled
+# graph pays for its padding and copies).
+COMPILE_PAYS = ("bfloat16", "int8")
 _COUNTS = {"builds": 0, "loads": 0}
 
 
@@ -92,13 +96,20 @@ def check_compile(compile):
     return names[compile]
 
 
-def worth_compiling(mode, device, images):
+def worth_compiling(mode, device, images, precision="float32"):
     """Whether a run compiles: "on"/"off" as given; "auto" on a CPU run of at least AUTO_MIN_IMAGES images, where
-    the first compile of a size bucket (minutes, once per machine; README "Compiled inference") is paid back."""
+    the first compile of a size bucket (minutes, once per machine; README "Compiled inference") is paid back, at a
+    precision where compiling pays (COMPILE_PAYS; `precision` a name, a torch dtype, or "auto")."""
     mode = check_compile(mode)
     if mode != "auto":
         return mode == "on"
-    return torch.device(device or "cpu").type == "cpu" and images >= AUTO_MIN_IMAGES
+    device = torch.device(device or "cpu")
+    if precision == "auto":
+        from .precision import automatic_dtype
+
+        precision = automatic_dtype(device)[0]
+    name = str(precision or "float32").removeprefix("torch.")
+    return device.type == "cpu" and images >= AUTO_MIN_IMAGES and name in COMPILE_PAYS
 
 
 def inductor_options(freeze=True):

@@ -153,3 +153,21 @@ def test_compiled_packages_are_built_once_and_reused_by_a_second_process(small_c
     assert torch.equal(torch.isfinite(logits), finite)
     torch.testing.assert_close(logits[finite], expected_logits[finite], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(boxes, expected_boxes, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "images", "precision", "compiles"),
+    [("auto", "cpu", 50, "bfloat16", True), ("auto", "cpu", 50, "int8", True),
+     ("auto", "cpu", 50, "float32", False), ("auto", "cpu", 49, "bfloat16", False),
+     ("auto", "cuda", 500, "bfloat16", False), ("on", "cpu", 1, "float32", True),
+     ("off", "cpu", 500, "int8", False), ("auto", "cpu", 50, torch.bfloat16, True)],
+)  # fmt: skip
+def test_auto_compiles_long_cpu_runs_where_it_pays(mode, device, images, precision, compiles):
+    assert compiled.worth_compiling(mode, device, images, precision) is compiles
+
+
+def test_auto_compile_follows_the_automatic_precision():
+    from mmgdino.precision import automatic_dtype
+
+    expected = automatic_dtype("cpu")[0] in compiled.COMPILE_PAYS
+    assert compiled.worth_compiling("auto", "cpu", 100, "auto") is expected

@@ -121,7 +121,7 @@ def evaluate(annotations, images, out, model=None, protocol="coco", chunk_size="
 
     job = EvalJob(model, dataset.names, [c["id"] for c in dataset.categories], chunk_size, max_dets,
                   device=str(device), dtype=dtype, scale=scale, processor=processor,
-                  compile=worth_compiling(compile, device, len(dataset.images)),
+                  compile=worth_compiling(compile, device, len(dataset.images), dtype),
                   calibration=[str(im["path"]) for im in dataset.images[: calibration or CALIBRATION_IMAGES]]
                   if dtype == "int8" else None)  # fmt: skip
     image_ids = {str(im["path"]): im["id"] for im in dataset.images}
