@@ -1,8 +1,8 @@
 """The precision this model runs fastest at on this CPU without losing agreement, read from the CPU's features: what
 `dtype="auto"` (`Detector`, `--dtype auto`) picks, and the line `mmgdino info` prints about it.
 
-The rule, one row per kind of CPU (`AUTO` below); measured on a Zen 4 and on the same Zen 4 with every layer's ISA
-capped to AVX2 (benchmarks/results/cpu-peers-*.md):
+The rule, one row per kind of CPU (`AUTO` below); the bf16 row measured on a Zen 4 (benchmarks/results/cpu-peers.md),
+the AVX2 row on a Zen 3 in an earlier session (the capped-AVX2 run, `cpu_peers --isa avx2`, is not recorded yet):
 
 - native bf16 (AVX512_BF16 or AMX): bfloat16. oneDNN's bf16 matrix products run at twice float32's rate and
   everything else moves half the bytes; bf16 keeps most of float32's detections (README "The best precision").

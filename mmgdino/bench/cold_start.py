@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +48,27 @@ def save_tiny_checkpoint(directory):
     return directory
 
 
+# Runs the command and prints its wall seconds, its own peak resident set (KiB) and its exit code. A small
+# launcher, because a child's ru_maxrss starts from the resident set of the process that forked it (Linux keeps the
+# high-water mark across exec): forked from this process, which holds a model, every child would report at least
+# this process's size.
+LAUNCHER = """
+import os, subprocess, sys, time
+began = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(time.perf_counter() - began, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed_process(command, env=None):
     """(wall seconds from start to exit, peak resident MiB, exit code) of a fresh process."""
-    began = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(map(str, command))} failed: {process.stderr.read().decode()[-500:]}")
-    return seconds, usage.ru_maxrss / 1024
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, command)], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    seconds, peak_kib, code = done.stdout.split()
+    if int(code):
+        raise RuntimeError(f"{' '.join(map(str, command))} failed: {done.stderr[-500:]}")
+    return float(seconds), int(peak_kib) / 1024
 
 
 def run(dtype="auto", log=print):
