@@ -22,6 +22,7 @@ Writes PATH.json, PATH.md and PATH.png with the CPU model and ISA, threads, load
 
 import argparse
 import copy
+import gc
 import json
 import multiprocessing
 import os
@@ -182,7 +183,6 @@ def measure(autocast, reference, inputs, labels, repeats, memory, log):
                 row["steps"].append(seconds)
             log(f"  {row['implementation']}: {sum(seconds):.2f} s "
                 f"({', '.join(f'{p} {s:.2f}' for p, s in zip(PARTS, seconds))})")  # fmt: skip
-    results = []
     for row in rows:
         step, steps = row.pop("step"), row.pop("steps")
         if memory and device.type == "cuda":  # every row's model is resident: what one step adds to them
@@ -193,11 +193,14 @@ def measure(autocast, reference, inputs, labels, repeats, memory, log):
         row["profile"] = profile_step(step)
         row["parts_ms"] = {part: statistics.median(s[i] for s in steps) * 1e3 for i, part in enumerate(PARTS)}
         row["step_ms"] = statistics.median(map(sum, steps)) * 1e3
+        step.optimizer.zero_grad(set_to_none=True)  # the baseline's model is the reference, which stays
         del step
+    gc.collect()  # the rows' models, gradients and optimizer states go before a child builds its own
+    for row in rows:
         if memory and device.type == "cpu":
             peak = cpu_peak_growth(row["implementation"], height, width, batch, autocast)
             row["peak_memory_mib"] = None if peak is None else peak / 2**20
-        results.append(row)
+    results = rows
     base = results[0]
     for row in results[1:]:
         row["speedup"] = base["step_ms"] / row["step_ms"]
