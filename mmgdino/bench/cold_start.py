@@ -50,9 +50,8 @@ def save_tiny_checkpoint(directory):
 
 
 # Runs the command and prints its wall seconds, its own peak resident set (KiB) and its exit code. A small
-# launcher, because a child's ru_maxrss starts from the resident set of the process that forked it (Linux keeps the
-# high-water mark across exec): forked from this process, which holds a model, every child would report at least
-# this process's size.
+# launcher, because Linux carries a process's ru_maxrss high-water mark across exec: a child forked straight from
+# this process, which holds a model, could report this process's size instead of its own.
 LAUNCHER = """
 import os, subprocess, sys, time
 began = time.perf_counter()
@@ -63,7 +62,7 @@ print(time.perf_counter() - began, usage.ru_maxrss, os.waitstatus_to_exitcode(st
 
 
 def timed_process(command, env=None):
-    """(wall seconds from start to exit, peak resident MiB, exit code) of a fresh process."""
+    """(wall seconds from start to exit, peak resident MiB) of a fresh process; RuntimeError if it fails."""
     done = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, command)], env=env, capture_output=True,
                           text=True)  # fmt: skip
     seconds, peak_kib, code = done.stdout.split()
