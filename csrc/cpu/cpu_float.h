@@ -40,13 +40,15 @@ struct ContrastiveArgsT {
 
 // Per build: the forward over (batch * query) rows [begin, end); the backward over (batch * head) [begin, end)
 // into a float32 grad_value; contrastive rows [begin, end) of the flattened (batch * num_rows), out
-// (.., max_text_len) or, reduced, (..,). The MSDA entry points return false for a head size they lack.
-#define MMGDINO_DECLARE_CPU_KERNELS(ns, T)                                                                      \
-  namespace ns {                                                                                                \
-  bool forward_rows_any(int chunks, const MsdaArgsT<T>& a, T* out, int64_t begin, int64_t end);                 \
-  bool backward_heads_any(int chunks, const MsdaArgsT<T>& a, const T* grad_out, float* grad_value, T* grad_loc, \
-                          T* grad_attn, int64_t begin, int64_t end);                                            \
-  void contrastive_rows(const ContrastiveArgsT<T>& a, bool reduce_max, float* out, int64_t begin, int64_t end); \
+// (.., max_text_len) or, reduced, (..,); elements [begin, end) of a flat activation quantized to uint8. The MSDA
+// entry points return false for a head size they lack.
+#define MMGDINO_DECLARE_CPU_KERNELS(ns, T)                                                                           \
+  namespace ns {                                                                                                     \
+  bool forward_rows_any(int chunks, const MsdaArgsT<T>& a, T* out, int64_t begin, int64_t end);                      \
+  bool backward_heads_any(int chunks, const MsdaArgsT<T>& a, const T* grad_out, float* grad_value, T* grad_loc,      \
+                          T* grad_attn, int64_t begin, int64_t end);                                                 \
+  void contrastive_rows(const ContrastiveArgsT<T>& a, bool reduce_max, float* out, int64_t begin, int64_t end);      \
+  void quantize_uint8_span(const T* x, uint8_t* out, int64_t begin, int64_t end, float inv_scale, float zero_point); \
   }
 
 #define MMGDINO_DECLARE_CPU_BUILD(ns)    \

@@ -5,14 +5,16 @@ from . import _library  # noqa: F401  (defines the schemas before the compiled k
 from .. import _extension  # noqa: F401  (loads mmgdino._C: CPU / CUDA kernels)
 
 # isort: on
-from ._backends import BACKENDS, OPS, TABLE, available_backends, unavailable_reasons
+from ._backends import BACKENDS, CPU_HELPERS, OPS, TABLE, available_backends, unavailable_reasons
 from ._checks import accumulate_dtype
 from ._library import register_contrastive_logits_autograd, register_ms_deform_attn_autograd
 from .contrastive import contrastive_logits, contrastive_max
 from .ms_deform_attn import ms_deform_attn
+from .quantize import quantize_uint8
 
 __all__ = [
     "BACKENDS",
+    "CPU_HELPERS",
     "OPS",
     "TABLE",
     "accumulate_dtype",
@@ -20,6 +22,7 @@ __all__ = [
     "contrastive_logits",
     "contrastive_max",
     "ms_deform_attn",
+    "quantize_uint8",
     "register_contrastive_logits_autograd",
     "register_ms_deform_attn_autograd",
     "unavailable_reasons",

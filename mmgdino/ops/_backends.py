@@ -14,6 +14,9 @@ from . import _torch_impl, portable
 
 BACKENDS = ("cuda", "triton", "cpu", "torch", "portable")
 OPS = ("ms_deform_attn", "contrastive_logits", "contrastive_max")
+# Operators outside the table: helpers of a CPU-only path, with a compiled CPU kernel and the PyTorch default
+# elsewhere, never a CUDA or Triton one (int8's activation quantization: oneDNN's int8 products are CPU-only).
+CPU_HELPERS = ("quantize_uint8",)
 DEVICE_TYPES = ("cuda", "cpu")
 
 # Preference when the caller names no backend. The Triton interpreter runs on the CPU but is a testing tool, far

@@ -170,6 +170,13 @@ def check_contrastive(vision, text, text_token_mask, bias):
     return batch, num_rows, num_tokens, dim
 
 
+def check_quantize_uint8(x, scale, zero_point):
+    op = "mmgdino.quantize_uint8"
+    _require_dtype(x.dtype in _FLOATING, f"{op}: x must be float64, float32, float16 or bfloat16, got {x.dtype}")
+    _require(0 < scale < 1e38, f"{op}: scale must be positive and finite, got {scale}")
+    _require(0 <= zero_point <= 255, f"{op}: zero_point must be in [0, 255], got {zero_point}")
+
+
 def accumulate_dtype(input_dtype):
     """What every kernel accumulates in, and the dtype of the contrastive logits: float32 (as transformers returns
     logits), float64 kept so that the operators can be gradchecked."""

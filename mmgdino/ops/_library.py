@@ -21,12 +21,14 @@ _lib.define(
     "SymInt max_text_len) -> Tensor"
 )
 _lib.define("contrastive_max(Tensor vision, Tensor text, Tensor text_token_mask, Tensor bias, float scale) -> Tensor")
+_lib.define("quantize_uint8(Tensor x, float scale, int zero_point) -> Tensor")
 
 # Default kernels for any device without a compiled one (and for every device in an unbuilt checkout).
 _lib.impl("ms_deform_attn", _torch_impl.ms_deform_attn, "CompositeExplicitAutograd")
 _lib.impl("ms_deform_attn_backward", _torch_impl.ms_deform_attn_backward, "CompositeExplicitAutograd")
 _lib.impl("contrastive_logits", _torch_impl.contrastive_logits, "CompositeExplicitAutograd")
 _lib.impl("contrastive_max", _torch_impl.contrastive_max, "CompositeExplicitAutograd")
+_lib.impl("quantize_uint8", _torch_impl.quantize_uint8, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("mmgdino::ms_deform_attn")
@@ -64,6 +66,12 @@ def contrastive_logits_fake(vision, text, text_token_mask, bias, scale, max_text
 def contrastive_max_fake(vision, text, text_token_mask, bias, scale):
     batch, num_rows, _, _ = _checks.check_contrastive(vision, text, text_token_mask, bias)
     return vision.new_empty((batch, num_rows), dtype=_checks.accumulate_dtype(vision.dtype))
+
+
+@torch.library.register_fake("mmgdino::quantize_uint8")
+def quantize_uint8_fake(x, scale, zero_point):
+    _checks.check_quantize_uint8(x, scale, zero_point)
+    return x.new_empty(x.shape, dtype=torch.uint8)
 
 
 def _ms_deform_attn_setup_context(ctx, inputs, output):

@@ -138,3 +138,9 @@ def contrastive_max(vision, text, text_token_mask, bias, scale):
     if text.shape[1] == 0:
         return logits.new_full(logits.shape[:2], float("-inf"))
     return logits.amax(dim=-1)
+
+
+def quantize_uint8(x, scale, zero_point):
+    """quantized_decomposed.quantize_per_tensor's formula (uint8, [0, 255]); NaN becomes 0 as in the kernels."""
+    scaled = torch.nan_to_num(x.float() * (1.0 / scale), nan=0.0).clamp(-512.0, 512.0)
+    return (torch.round(scaled) + zero_point).clamp(0, 255).to(torch.uint8)
