@@ -286,8 +286,8 @@ def _add_ray_options(parser):
 def _add_precision_options(parser):
     parser.add_argument("--dtype", choices=PRECISIONS, default=None,
                         help="float32 (default), float16, bfloat16, int8 (CPU: int8 matrix products, calibrated on "
-                        "the first --calibration images) or auto (this CPU's fastest that keeps agreement; see "
-                        "mmgdino info)")  # fmt: skip
+                        "the first --calibration images, auto's precision elsewhere) or auto (this CPU's fastest "
+                        "that keeps agreement; see mmgdino info)")  # fmt: skip
     parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                         help="run the model compiled by Inductor with frozen weights, padded to size buckets; "
                         "the compile is cached on disk (MMGDINO_CACHE_DIR); auto: on for a CPU run of "

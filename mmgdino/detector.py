@@ -91,7 +91,8 @@ class Detector:
             already built `mmgdino.MMGroundingDinoForObjectDetection` or transformers model.
         device, dtype: default CUDA if available, else CPU; float32. dtype may be a torch dtype or its name,
             "auto" (this CPU's fastest precision that keeps agreement: bfloat16 with native bf16, else float32;
-            `mmgdino.precision`) or "int8" (CPU: int8 matrix products, calibrated on `calibration`).
+            `mmgdino.precision`) or "int8" (CPU: int8 matrix products, calibrated on `calibration`; the rest of
+            the model at auto's precision, `mmgdino.quantization`).
         processor: a transformers processor; default `AutoProcessor.from_pretrained(model)`.
         compile: run the model's stages compiled by Inductor with frozen weights (`mmgdino.compiled`; the compile
             is cached on disk, so it is paid once per machine and model).

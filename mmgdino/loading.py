@@ -8,7 +8,7 @@ from .modeling import MMGroundingDinoForObjectDetection, ModelLoadError
 
 DEFAULT_MODEL = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Precisions a run may ask for beyond the dtypes: "int8" (a float32 model whose matrix products run in int8,
+# Precisions a run may ask for beyond the dtypes: "int8" (matrix products in int8, the rest at auto's precision;
 # mmgdino.quantization) and "auto" (this CPU's best, mmgdino.precision).
 PRECISIONS = (*DTYPES, "int8", "auto")
 
@@ -50,7 +50,7 @@ def check_precision(device, dtype):
 
 
 def weights_dtype(name):
-    """The dtype a precision keeps the model's weights in (int8 quantizes a float32 model)."""
+    """The dtype a precision loads the model's weights in (int8 quantizes a float32 model, then converts the rest)."""
     return torch.float32 if name == "int8" else parse_dtype(name)
 
 

@@ -157,7 +157,8 @@ def matmul_context(dtype, device="cpu"):
 
 
 def info_line():
-    """`mmgdino info`'s line: the CPU's features, the automatic precision and why."""
+    """`mmgdino info`'s line: the CPU's features, the automatic precision and why, and what int8 runs around its
+    products (the same precision: mmgdino.quantization)."""
     features = cpu_features()
     dtype, why = automatic_dtype("cpu", features)
-    return f"CPU {features.describe()}: dtype auto -> {dtype} ({why})"
+    return f"CPU {features.describe()}: dtype auto -> {dtype} ({why}); dtype int8 -> int8 products, {dtype} elsewhere"

@@ -13,19 +13,27 @@ every size, eager and compiled alike (`mmgdino.compiled`).
 - **Which layers**: every linear layer of the image backbone, the encoder, the decoder and the heads whose
   forward is a plain product (`quantizable`); not the text backbone (each prompt is encoded once and cached), and
   not the fusion layer's projections, whose weights are folded with the prompt (`BiAttention`).
+- **Everything else** (norms, attention, the deformable sampling, the activations between the products) runs at
+  the CPU's automatic float precision (`glue_dtype`): bfloat16 where the CPU computes it natively, float32 elsewhere,
+  as OpenVINO runs its int8 models. The products then read bfloat16 activations and write bfloat16 outputs, half
+  the bytes of the float32 ones (a 22k x 2048 product output is 180 MB in float32). The activations are quantized
+  in one pass (`mmgdino.ops.quantize_uint8`) instead of PyTorch's six.
 """
 
 import torch
 from torch import nn
 
+from . import precision
 from .errors import UsageError
 from .images import load_image
+from .ops import quantize_uint8
 
 CALIBRATION_IMAGES = 8  # the CLI's default --calibration
 
 
 class Int8Linear(nn.Module):
-    """A linear layer on oneDNN's int8 product; float32 in and out."""
+    """A linear layer on oneDNN's int8 product; float32 or bfloat16 in, the same out. Its scales and bias stay
+    float32 when the model is converted (what the product takes), and it stays on the CPU."""
 
     def __init__(self, linear, low=None, high=None):
         super().__init__()
@@ -41,30 +49,44 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.static = None if low is None else _affine(low, high)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) must not round the scales and bias (the product takes float32 ones); a move off the
+        # CPU is refused by the product itself at the first call.
+        return self
+
     def forward(self, x):
-        shape = x.shape
-        x = x.reshape(-1, self.in_features).float()
+        shape, dtype = x.shape, x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+        x = x.reshape(-1, self.in_features)
         scale, zero_point = self.static or _affine(*torch.aminmax(x))
         if torch.compiler.is_exporting():
-            return self._reference(x, scale, zero_point).view(*shape[:-1], self.out_features)
-        q = (x * (1.0 / scale)).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
-        out = torch.ops.onednn.qlinear_pointwise(q, scale, zero_point, self.packed, self.weight_scale,
-                                                 self.weight_zero_point, self.bias, 1.0, 0, torch.float32, "none",
-                                                 [], "")  # fmt: skip
+            return self._reference(x, scale, zero_point, dtype).view(*shape[:-1], self.out_features)
+        out = torch.ops.onednn.qlinear_pointwise(quantize_uint8(x, scale, zero_point), scale, zero_point, self.packed,
+                                                 self.weight_scale, self.weight_zero_point, self.bias, 1.0, 0, dtype,
+                                                 "none", [], "")  # fmt: skip
         return out.view(*shape[:-1], self.out_features)
 
-    def _reference(self, x, scale, zero_point):
-        """The same product in PyTorch's quantized reference form (quantize, dequantize, linear): what PT2E
-        exports and Inductor's x86 patterns fold, under freezing, into this very oneDNN int8 product with its
-        packed weight (the packing op has no tracing kernel, so the exported graph cannot call it)."""
+    def _reference(self, x, scale, zero_point, dtype):
+        """The same product in PyTorch's quantized reference form (quantize, dequantize, linear; for bfloat16 the
+        casts around it): what PT2E exports and Inductor's x86 patterns fold, under freezing, into this very
+        oneDNN int8 product with its packed weight (the packing op has no tracing kernel, so the exported graph
+        cannot call it). The patterns match exactly that graph: a cast where none is needed, or one written as
+        `.to()` (export adds a metadata assertion that becomes a second user of the dequantized tensor), leaves a
+        plain float product in the compiled graph, so the casts are `prims.convert_element_type`, and only for
+        bfloat16."""
         from torch.ao.quantization.fx import _decomposed  # noqa: F401  (registers quantized_decomposed)
 
-        ops = torch.ops.quantized_decomposed
+        ops, cast = torch.ops.quantized_decomposed, torch.ops.prims.convert_element_type.default
+        if x.dtype != torch.float32:
+            x = cast(x, torch.float32)
         q = ops.quantize_per_tensor.default(x, scale, zero_point, 0, 255, torch.uint8)
         x = ops.dequantize_per_tensor.default(q, scale, zero_point, 0, 255, torch.uint8)
         weight = ops.dequantize_per_channel.default(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
                                                     -128, 127, torch.int8)  # fmt: skip
-        return torch.nn.functional.linear(x, weight, self.bias)
+        bias = self.bias
+        if dtype != torch.float32:
+            x, weight = cast(x, dtype), cast(weight, dtype)
+            bias = None if bias is None else cast(bias, dtype)
+        return torch.nn.functional.linear(x, weight, bias)
 
 
 def _affine(low, high):
@@ -127,9 +149,15 @@ def image_passes(runner, images):
                                                  [prompt])  # fmt: skip
 
 
-def quantize_runner(runner, calibration=None, passes=None):
+def glue_dtype(features=None):
+    """The dtype of everything around the int8 products: the CPU's automatic precision (mmgdino.precision)."""
+    return getattr(torch, precision.automatic_dtype("cpu", features)[0])
+
+
+def quantize_runner(runner, calibration=None, passes=None, glue=None):
     """The runner's model with its quantizable layers on int8: static ranges from `calibration` images (or from
-    `passes`, callables that run the model), else dynamic. Returns the runner; `runner.precision` becomes "int8"."""
+    `passes`, callables that run the model), else dynamic; the rest of the model converted to `glue` (default
+    `glue_dtype()`). Returns the runner; `runner.precision` becomes "int8"."""
     if runner.device.type != "cpu" or runner.dtype != torch.float32:
         raise UsageError("int8 quantizes a float32 model on the CPU")
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
@@ -145,6 +173,10 @@ def quantize_runner(runner, calibration=None, passes=None):
         ranges = activation_ranges(layers, passes)
     for name, layer in layers.items():
         _replace(runner.model, name, Int8Linear(layer, *ranges.get(name, (None, None))))
+    glue = glue or glue_dtype()
+    if glue not in (torch.float32, torch.bfloat16):
+        raise UsageError(f"int8 runs the rest of the model in float32 or bfloat16, not {glue}")
+    runner.convert(glue)
     runner.precision = "int8"
     runner.calibrated = bool(ranges)
     return runner

@@ -61,6 +61,15 @@ class TorchRunner:
         # Without native bf16 the 16-bit matrix products run in float32 (mmgdino.precision).
         self.matmuls = precision.matmul_context(self.dtype, self.device)
 
+    def convert(self, dtype):
+        """The model in `dtype` from now on (int8 converts what is left around its products); cached prompts are
+        dropped, as they were encoded in the old one."""
+        self.model.to(dtype)
+        self.dtype = dtype
+        self.precision = str(dtype).replace("torch.", "")
+        self.matmuls = precision.matmul_context(dtype, self.device)
+        self._prompt_cache.clear()
+
     def pixels(self, pil_images):
         """The checkpoint processor's resize and padding."""
         pixels = self.image_processor(images=pil_images, return_tensors="pt")

@@ -51,6 +51,7 @@ def test_info_line_names_the_choice_and_why(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     line = precision.info_line()
     assert "capped to avx2 by ONEDNN_MAX_CPU_ISA=AVX2" in line and "dtype auto -> float32" in line
+    assert line.endswith("dtype int8 -> int8 products, float32 elsewhere")
 
 
 def test_float32_matmuls_compute_16_bit_products_in_float32():
