@@ -36,10 +36,18 @@ LONG_SIDE_STEP = 128  # the longer side in coarser steps: a few buckets per orie
 PROMPT_STEP = 16  # tokens
 AUTO_MIN_IMAGES = 50  # "auto" compiles a CPU run of at least this many images (see `worth_compiling`)
 COMPILE_MODES = ("auto", "on", "off")
-# Where "auto" compiles: measured at 800x1333 on a Zen 4 (benchmarks/results/cpu-peers.md), compiled against eager
-# bfloat16 1.33x, int8 1.40x, float32 0.92x (oneDNN's float32 products gain nothing from freezing; the compiled
-# graph pays for its padding and copies).
-COMPILE_PAYS = ("bfloat16", "int8")
+# Where "auto" compiles: the precisions at which the compiled graphs beat eager, per ISA level (mmgdino.precision),
+# measured at 800x1333 (benchmarks/results/cpu-peers.md and the AVX2-capped run). With native bf16 (Zen 4): bfloat16
+# 1.33x, int8 1.40x, float32 0.92x (oneDNN's AVX-512 float32 products gain nothing from freezing, and the graph
+# pays for its padding and copies). Capped to AVX2: float32 1.15x, bfloat16 (computed in float32) 1.26x, int8
+# 1.42x. AVX-512 without BF16 is not measured; its float32 products are Zen 4's, so it follows that row.
+COMPILE_PAYS = {
+    "amx": ("bfloat16", "int8"),
+    "avx512_bf16": ("bfloat16", "int8"),
+    "avx512": ("bfloat16", "int8"),
+    "avx2": ("float32", "bfloat16", "int8"),
+    "baseline": ("float32", "bfloat16", "int8"),
+}
 _COUNTS = {"builds": 0, "loads": 0}
 
 
@@ -96,20 +104,24 @@ def check_compile(compile):
     return names[compile]
 
 
-def worth_compiling(mode, device, images, precision="float32"):
+def worth_compiling(mode, device, images, precision="float32", features=None):
     """Whether a run compiles: "on"/"off" as given; "auto" on a CPU run of at least AUTO_MIN_IMAGES images, where
     the first compile of a size bucket (minutes, once per machine; README "Compiled inference") is paid back, at a
-    precision where compiling pays (COMPILE_PAYS; `precision` a name, a torch dtype, or "auto")."""
+    precision where compiling pays on this CPU (COMPILE_PAYS; `precision` a name, a torch dtype, or "auto";
+    `features` this CPU's, mmgdino.precision.cpu_features(), by default)."""
+    from .precision import automatic_dtype, cpu_features
+
     mode = check_compile(mode)
     if mode != "auto":
         return mode == "on"
     device = torch.device(device or "cpu")
+    if device.type != "cpu" or images < AUTO_MIN_IMAGES:
+        return False
+    features = features or cpu_features()
     if precision == "auto":
-        from .precision import automatic_dtype
-
-        precision = automatic_dtype(device)[0]
+        precision = automatic_dtype(device, features)[0]
     name = str(precision or "float32").removeprefix("torch.")
-    return device.type == "cpu" and images >= AUTO_MIN_IMAGES and name in COMPILE_PAYS
+    return name in COMPILE_PAYS[features.level]
 
 
 def inductor_options(freeze=True):
@@ -144,13 +156,18 @@ def load_package(path):
 
 def model_fingerprint(model):
     """A digest of the model's config and weights (a few values of every tensor: cheap, and any fine-tuning or
-    other checkpoint changes it)."""
+    other checkpoint changes it), and of int8 layers' calibrated ranges (constants of a compiled graph)."""
+    from .quantization import Int8Linear
+
     digest = hashlib.sha256(model.config.to_json_string().encode())
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 64)][:64].double()
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{sample.sum().item():.10e}".encode())
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            digest.update(f"{name}{module.static}{module.weight_scale.double().sum().item():.10e}".encode())
     return digest.hexdigest()[:20]
 
 
@@ -194,8 +211,8 @@ class CompiledStages:
         self.runner, self.packager = runner, packager
         self.load = getattr(packager, "load", load_package)
         self.longest = (getattr(runner.image_processor, "size", None) or {}).get("longest_edge")
-        key = json.dumps([model_fingerprint(runner.model), runner.precision, cpu_features().level, torch.__version__,
-                          __version__, packager.__name__])  # fmt: skip
+        key = json.dumps([model_fingerprint(runner.model), runner.precision, str(runner.dtype), cpu_features().level,
+                          torch.__version__, __version__, packager.__name__])  # fmt: skip
         self.folder = cache_dir() / hashlib.sha256(key.encode()).hexdigest()[:24]
         self.packages = {}  # (stage, shapes) -> (callable, meta)
 
