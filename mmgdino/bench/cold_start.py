@@ -8,7 +8,6 @@ has a made-up vocabulary (no downloads): loading, tokenizing and detecting cost 
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..environment import git_commit, versions
 from .cpu_peers import cpu_record
+from .report import write_record
 
 TRANSFORMERS_PIPELINE = """
 import sys
@@ -122,11 +122,7 @@ def main(argv=None):
     parser.add_argument("--out", default="cold-start", help="JSON and markdown at this path (suffixes replaced)")
     args = parser.parse_args(argv)
     record = run(args.dtype, log=lambda m: print(m, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    print(write_record(record, args.out, markdown))
     return 0
 
 

@@ -17,7 +17,6 @@ The model is MM Grounding DINO tiny (Swin-T, BERT-base) with random weights at 8
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from ..environment import cpu_model_and_flags, git_commit, versions
 from ..precision import cpu_features
 from .cases import tiny_model_and_inputs
 from .onnx import topk_agreement
+from .report import parse_size, write_record
 
 AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MMGDINO_CPU_ISA": "avx2",
              "OV_CPU_MAX_ISA": "AVX2"}  # fmt: skip
@@ -229,6 +229,8 @@ def mmgdino_rows(table, ours, inputs, native_bf16, skip):
         for compiled in (False, True) if "compile" not in skip else (False,):
             try:
                 runner, setup = _timed_setup(lambda dtype=dtype, compiled=compiled: make(dtype, compiled))
+                if name == "int8":  # and the rest of the model at the CPU's automatic precision
+                    name = f"int8+{str(runner.dtype).removeprefix('torch.')}"
                 fn = detect(runner)
                 if compiled:
                     with torch.inference_mode():
@@ -295,21 +297,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size must be HEIGHTxWIDTH, got {args.size!r}")
+    height, width = parse_size(parser, args.size)
     if args.isa:
         child = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--isa", args.isa)]
         return capped_child(child)
     record = run((height, width), args.repeats, tuple(args.skip), log=lambda m: print(m, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    print(write_record(record, args.out, markdown))
     try:
-        print(f"wrote {plot(record, out.with_suffix('.png'))}")
+        print(f"wrote {plot(record, Path(args.out).with_suffix('.png'))}")
     except ImportError:
         print("no chart: pip install matplotlib")
     return 0

@@ -32,6 +32,26 @@ def markdown_table(report):
     return "\n".join(lines) + "\n"
 
 
+def write_record(record, path, markdown):
+    """A benchmark's record as JSON and its `markdown(record)` beside it at `path` (suffixes replaced); returns
+    the markdown."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    text = markdown(record)
+    path.with_suffix(".md").write_text(text)
+    return text
+
+
+def parse_size(parser, size):
+    """ "HEIGHTxWIDTH" -> (height, width), or the parser's one-line usage error (exit 2)."""
+    try:
+        height, width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must be HEIGHTxWIDTH, got {size!r}")
+    return height, width
+
+
 def write_report(report, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
