@@ -291,7 +291,7 @@ def _add_precision_options(parser):
     parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                         help="run the model compiled by Inductor with frozen weights, padded to size buckets; "
                         "the compile is cached on disk (MMGDINO_CACHE_DIR); auto: on for a CPU run of "
-                        "50 images or more in bfloat16 or int8, where it pays")  # fmt: skip
+                        "50 images or more in float32, bfloat16 or int8, where it pays")  # fmt: skip
     parser.add_argument(
         "--calibration",
         type=int,

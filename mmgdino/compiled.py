@@ -36,18 +36,11 @@ LONG_SIDE_STEP = 128  # the longer side in coarser steps: a few buckets per orie
 PROMPT_STEP = 16  # tokens
 AUTO_MIN_IMAGES = 50  # "auto" compiles a CPU run of at least this many images (see `worth_compiling`)
 COMPILE_MODES = ("auto", "on", "off")
-# Where "auto" compiles: the precisions at which the compiled graphs beat eager, per ISA level (mmgdino.precision),
-# measured at 800x1333 (benchmarks/results/cpu-peers.md and the AVX2-capped run). With native bf16 (Zen 4): bfloat16
-# 1.33x, int8 1.40x, float32 0.92x (oneDNN's AVX-512 float32 products gain nothing from freezing, and the graph
-# pays for its padding and copies). Capped to AVX2: float32 1.15x, bfloat16 (computed in float32) 1.26x, int8
-# 1.42x. AVX-512 without BF16 is not measured; its float32 products are Zen 4's, so it follows that row.
-COMPILE_PAYS = {
-    "amx": ("bfloat16", "int8"),
-    "avx512_bf16": ("bfloat16", "int8"),
-    "avx512": ("bfloat16", "int8"),
-    "avx2": ("float32", "bfloat16", "int8"),
-    "baseline": ("float32", "bfloat16", "int8"),
-}
+# Where "auto" compiles: the precisions at which the compiled graphs beat eager at 800x1333. Zen 4 (native bf16,
+# benchmarks/results/cpu-peers.md): float32 1.20x (1.25x in a second run; 0.92x before the int8 and MSDA changes
+# of 2026-12-04), bfloat16 1.15x, int8 1.24x. The same CPU capped to AVX2: float32 1.15x, bfloat16 (computed in
+# float32) 1.26x, int8 1.42x. float16 is not a CPU precision here.
+COMPILE_PAYS = ("float32", "bfloat16", "int8")
 _COUNTS = {"builds": 0, "loads": 0}
 
 
@@ -104,24 +97,21 @@ def check_compile(compile):
     return names[compile]
 
 
-def worth_compiling(mode, device, images, precision="float32", features=None):
+def worth_compiling(mode, device, images, precision="float32"):
     """Whether a run compiles: "on"/"off" as given; "auto" on a CPU run of at least AUTO_MIN_IMAGES images, where
     the first compile of a size bucket (minutes, once per machine; README "Compiled inference") is paid back, at a
-    precision where compiling pays on this CPU (COMPILE_PAYS; `precision` a name, a torch dtype, or "auto";
-    `features` this CPU's, mmgdino.precision.cpu_features(), by default)."""
-    from .precision import automatic_dtype, cpu_features
-
+    precision where compiling pays (COMPILE_PAYS; `precision` a name, a torch dtype, or "auto")."""
     mode = check_compile(mode)
     if mode != "auto":
         return mode == "on"
     device = torch.device(device or "cpu")
     if device.type != "cpu" or images < AUTO_MIN_IMAGES:
         return False
-    features = features or cpu_features()
     if precision == "auto":
-        precision = automatic_dtype(device, features)[0]
-    name = str(precision or "float32").removeprefix("torch.")
-    return name in COMPILE_PAYS[features.level]
+        from .precision import automatic_dtype
+
+        precision = automatic_dtype(device)[0]
+    return str(precision or "float32").removeprefix("torch.") in COMPILE_PAYS
 
 
 def inductor_options(freeze=True):
