@@ -109,7 +109,7 @@ def transformers_rows(table, hf, inputs, native_bf16, skip):
         return lambda: (lambda o: (o.logits, o.pred_boxes))(model(**feed))
 
     table.add("transformers", "transformers eager float32", "float32", "eager", run_hf(hf, inputs))
-    if "compile" not in skip:
+    if "compile" not in skip and "transformers-compile" not in skip:
         from ..compiled import inductor_options
 
         torch._dynamo.reset()
@@ -287,7 +287,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="cpu-peers", help="JSON, markdown and PNG at this path (suffixes replaced)")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["compile", "openvino", "onnxruntime", "int8", "bf16"])  # fmt: skip
+                        choices=["compile", "transformers-compile", "openvino", "onnxruntime", "int8", "bf16"],
+                        help="leave rows out (compile: every compiled row; transformers-compile: only "
+                        "transformers' compile, minutes long and slower than its eager)")  # fmt: skip
     parser.add_argument(
         "--isa",
         choices=["avx2"],
