@@ -124,6 +124,10 @@ def aoti_package(module, args, path):
     """Exports `module` at `args`, compiles it with AOTInductor into the package `path`, and loads it."""
     from torch._inductor import aoti_compile_and_package
 
+    from .quantization import Int8Linear, enable_compiled_int8
+
+    if any(isinstance(m, Int8Linear) for m in module.modules()):
+        enable_compiled_int8()
     program = export_stage(module, args)
     with torch.no_grad():
         aoti_compile_and_package(program, package_path=str(path), inductor_configs=inductor_options())
@@ -252,8 +256,12 @@ class CompiledStages:
 
 def compile_runner(runner, packager=aoti_package):
     """Swaps the runner's two stages for compiled ones (see the module docstring)."""
-    if runner.precision == "int8" and not getattr(runner, "calibrated", False):
-        raise UsageError("compiled int8 needs calibration images (its ranges become constants of the graph)")
+    if runner.precision == "int8":
+        if not getattr(runner, "calibrated", False):
+            raise UsageError("compiled int8 needs calibration images (its ranges become constants of the graph)")
+        from .quantization import enable_compiled_int8
+
+        enable_compiled_int8()  # its error, if any, before anything is traced
     stages = CompiledStages(runner, packager)
     runner.encode_image_stage, runner.predict_stage = stages.encode_image, stages.predict
     runner.compiled = stages

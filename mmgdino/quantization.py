@@ -29,6 +29,9 @@ from .images import load_image
 from .ops import quantize_uint8
 
 CALIBRATION_IMAGES = 8  # the CLI's default --calibration
+# From this torch on, Inductor's x86 int8 patterns (dequantize + linear -> oneDNN's int8 product, its post-op
+# fusions) live in torchao, which registers them when its X86InductorQuantizer module is imported.
+INT8_PATTERNS_IN_TORCHAO = (2, 14)
 
 
 class Int8Linear(nn.Module):
@@ -87,6 +90,19 @@ class Int8Linear(nn.Module):
             x, weight = cast(x, dtype), cast(weight, dtype)
             bias = None if bias is None else cast(bias, dtype)
         return torch.nn.functional.linear(x, weight, bias)
+
+
+def enable_compiled_int8():
+    """Makes Inductor fold the exported int8 layers (`Int8Linear._reference`) into oneDNN's int8 products: its own
+    patterns up to torch 2.13, torchao's from 2.14 on. Without them a compiled int8 graph still runs and agrees, on
+    float products, so a missing torchao is an error, not a silent slowdown."""
+    if torch.torch_version.TorchVersion(torch.__version__) < INT8_PATTERNS_IN_TORCHAO:
+        return
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  (registers the patterns)
+    except ImportError as exc:
+        raise UsageError(f"compiled int8 on torch {torch.__version__} needs torchao, where its Inductor patterns "
+                         f"live since torch 2.14: pip install 'mmgdino[int8]' ({exc})") from exc  # fmt: skip
 
 
 def _affine(low, high):

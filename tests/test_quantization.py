@@ -100,6 +100,25 @@ def test_compiled_int8_runs_onednn_int8_products(tmp_path, glue):
     with torch.no_grad():
         package = compiled.aoti_package(model, (x.to(glue),), tmp_path / "int8.pt2")
         out, expected = package(x.to(glue)), model(x.to(glue))
-    assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 2
+    assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 2  # torch >= 2.14: through torchao
     assert out.dtype == glue
     assert ((out.float() - expected.float()).norm() / expected.float().norm()).item() < 2e-2
+
+
+def test_compiled_int8_without_torchao_is_one_clear_error(monkeypatch):
+    """From torch 2.14 the patterns are torchao's: without it compiling int8 says so instead of running slowly."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchao(name, *args, **kwargs):
+        if name.startswith("torchao"):
+            raise ImportError("No module named 'torchao'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    monkeypatch.setattr(torch, "__version__", "2.14.1")
+    with pytest.raises(UsageError, match=r"compiled int8 on torch 2.14.1 needs torchao.*mmgdino\[int8\]"):
+        quantization.enable_compiled_int8()
+    monkeypatch.setattr(torch, "__version__", "2.13.0")
+    quantization.enable_compiled_int8()  # Inductor's own patterns: nothing to import
