@@ -138,4 +138,11 @@ ContrastiveDims check_contrastive_args(const Tensor& vision, const Tensor& text,
   return d;
 }
 
+void check_quantize_uint8_args(const Tensor& x, double scale, int64_t zero_point) {
+  constexpr const char* op = "mmgdino.quantize_uint8";
+  check_floating(x, op, "x");
+  MMGDINO_CHECK(scale > 0 && scale < 1e38, op, ": scale must be positive and finite, got ", scale);
+  MMGDINO_CHECK(zero_point >= 0 && zero_point <= 255, op, ": zero_point must be in [0, 255], got ", zero_point);
+}
+
 }  // namespace mmgdino

@@ -176,6 +176,9 @@ def quantize_runner(runner, calibration=None, passes=None, glue=None):
     `glue_dtype()`). Returns the runner; `runner.precision` becomes "int8"."""
     if runner.device.type != "cpu" or runner.dtype != torch.float32:
         raise UsageError("int8 quantizes a float32 model on the CPU")
+    glue = glue or glue_dtype()
+    if glue not in (torch.float32, torch.bfloat16):
+        raise UsageError(f"int8 runs the rest of the model in float32 or bfloat16, not {glue}")
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         raise UsageError("int8 needs a torch built with oneDNN (torch.ops.onednn.qlinear_pointwise)")
     layers = quantizable(runner.model)
@@ -189,9 +192,6 @@ def quantize_runner(runner, calibration=None, passes=None, glue=None):
         ranges = activation_ranges(layers, passes)
     for name, layer in layers.items():
         _replace(runner.model, name, Int8Linear(layer, *ranges.get(name, (None, None))))
-    glue = glue or glue_dtype()
-    if glue not in (torch.float32, torch.bfloat16):
-        raise UsageError(f"int8 runs the rest of the model in float32 or bfloat16, not {glue}")
     runner.convert(glue)
     runner.precision = "int8"
     runner.calibrated = bool(ranges)

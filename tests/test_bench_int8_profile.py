@@ -1,5 +1,5 @@
 """The int8 profile benchmark: both variants run and are profiled, the fused one calls the quantization kernel and
-the other does not, and the report names both."""
+the other does not, and the report names both; bad arguments of it and of cpu_peers, and cpu_peers' row skip."""
 
 import pytest
 import torch
@@ -25,3 +25,29 @@ def test_bad_arguments_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         int8_profile.main(["--repeats", "0"])
     assert exit_info.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["int8_profile", "cpu_peers"])
+def test_a_bad_size_is_one_line(module, capsys):
+    import importlib
+
+    main = importlib.import_module(f"mmgdino.bench.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--size", "800by1333"])
+    assert exit_info.value.code == 2
+    assert "argument --size: expected HEIGHTxWIDTH, e.g. 320x480, got '800by1333'" in capsys.readouterr().err
+
+
+def test_cpu_peers_can_leave_out_only_transformers_compile():
+    from mmgdino.bench import cpu_peers
+
+    class Rows:
+        def __init__(self):
+            self.names = []
+
+        def add(self, family, name, *args, **kwargs):
+            self.names.append(name)
+
+    rows = Rows()
+    cpu_peers.transformers_rows(rows, hf=None, inputs={}, native_bf16=False, skip=("transformers-compile",))
+    assert rows.names == ["transformers eager float32"]

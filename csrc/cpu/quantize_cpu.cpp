@@ -1,6 +1,7 @@
 // uint8 activations for oneDNN's int8 matrix products (mmgdino.quantization): one vectorized pass from float32,
 // bfloat16 or float16 (float16 where the build has F16C); float64 and float16 elsewhere widen to float32 first.
 #include "cpu_float.h"
+#include "mmgdino/checks.h"
 #include "mmgdino/stable.h"
 
 namespace mmgdino {
@@ -18,11 +19,7 @@ void quantize_all(const Tensor& x, Tensor& out, float inv_scale, float zero_poin
 }
 
 Tensor quantize_uint8_cpu(const Tensor& x, double scale, int64_t zero_point) {
-  constexpr const char* op = "mmgdino.quantize_uint8";
-  MMGDINO_CHECK(is_supported_float(x.scalar_type()), op, ": x must be float64, float32, float16 or bfloat16, got ",
-                dtype_name(x.scalar_type()));
-  MMGDINO_CHECK(scale > 0 && scale < 1e38, op, ": scale must be positive and finite, got ", scale);
-  MMGDINO_CHECK(zero_point >= 0 && zero_point <= 255, op, ": zero_point must be in [0, 255], got ", zero_point);
+  check_quantize_uint8_args(x, scale, zero_point);
   const ScalarType dtype = x.scalar_type();
   const bool fast = dtype == ScalarType::Float || dtype == ScalarType::BFloat16 ||
                     (dtype == ScalarType::Half && cpu_vectorizes_float16());

@@ -32,7 +32,7 @@ from ..environment import cpu_model_and_flags, git_commit, versions
 from ..precision import cpu_features
 from .cases import tiny_model_and_inputs
 from .onnx import topk_agreement
-from .report import parse_size, write_record
+from .report import image_size, write_record
 
 AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MMGDINO_CPU_ISA": "avx2",
              "OV_CPU_MAX_ISA": "AVX2"}  # fmt: skip
@@ -283,7 +283,7 @@ def main(argv=None):
     from .cpu_peers_report import markdown, plot
 
     parser = argparse.ArgumentParser(prog="python -m mmgdino.bench.cpu_peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="800x1333", metavar="HxW")
+    parser.add_argument("--size", type=image_size, default=(800, 1333), metavar="HxW")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="cpu-peers", help="JSON, markdown and PNG at this path (suffixes replaced)")
     parser.add_argument("--skip", action="append", default=[],
@@ -299,11 +299,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    height, width = parse_size(parser, args.size)
     if args.isa:
         child = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--isa", args.isa)]
         return capped_child(child)
-    record = run((height, width), args.repeats, tuple(args.skip), log=lambda m: print(m, file=sys.stderr, flush=True))
+    record = run(args.size, args.repeats, tuple(args.skip), log=lambda m: print(m, file=sys.stderr, flush=True))
     print(write_record(record, args.out, markdown))
     try:
         print(f"wrote {plot(record, Path(args.out).with_suffix('.png'))}")

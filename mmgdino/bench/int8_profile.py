@@ -23,7 +23,7 @@ import torch
 from ..environment import git_commit, versions
 from .cases import tiny_model_and_inputs
 from .cpu_peers import cpu_record
-from .report import parse_size, write_record
+from .report import image_size, write_record
 
 TOP_OPS = 12
 
@@ -57,8 +57,8 @@ def _variant(base, inputs, fused):
     return unfused, glue
 
 
-def _table(profile):
-    events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+def _table(averages):
+    events = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     rows = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
              "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:TOP_OPS]]  # fmt: skip
@@ -86,16 +86,15 @@ def run(size=(800, 1333), repeats=3, log=print):
         for name, (fn, glue) in variants.items():
             with torch.profiler.profile() as profile:
                 fn()
-            ops, total_ms = _table(profile)
+            averages = profile.key_averages()
+            ops, total_ms = _table(averages)
             record["variants"][name] = {
                 "glue": str(glue).removeprefix("torch."),
                 "s": round(statistics.median(times[name]), 3),
                 "times": [round(t, 3) for t in times[name]],
                 "profiled_ms": total_ms,
                 "ops": ops,
-                "fused_kernel_calls": sum(
-                    e.count for e in profile.key_averages() if e.key == "mmgdino::quantize_uint8"
-                ),
+                "fused_kernel_calls": sum(e.count for e in averages if e.key == "mmgdino::quantize_uint8"),
             }
             log(f"{name}: {record['variants'][name]['s']} s per image")
     return record
@@ -129,14 +128,13 @@ def markdown(record):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mmgdino.bench.int8_profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="800x1333", metavar="HxW")
+    parser.add_argument("--size", type=image_size, default=(800, 1333), metavar="HxW")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="int8-profile", help="JSON and markdown at this path (suffixes replaced)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    size = parse_size(parser, args.size)
-    record = run(size, args.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    record = run(args.size, args.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(write_record(record, args.out, markdown))
     return 0
 

@@ -29,6 +29,7 @@ from ..export import export_graph
 from .agreement import agreement, topk_agreement
 from .cases import has_native_bf16, tiny_model_and_inputs
 from .onnx_report import markdown, plot_peers, write
+from .report import image_size
 from .timing import median_ms
 
 CPU = torch.device("cpu")
@@ -206,14 +207,6 @@ def compare(height=320, width=480, repeats=3, optimize=True, log=None):
     except ImportError:
         pass
     return report
-
-
-def image_size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 320x480, got {text!r}") from None
-    return height, width
 
 
 def main(argv=None):

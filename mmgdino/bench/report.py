@@ -1,5 +1,6 @@
 """Reports: a markdown table, JSON beside it, and a PNG chart of the speedups."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -43,20 +44,19 @@ def write_record(record, path, markdown):
     return text
 
 
-def parse_size(parser, size):
-    """ "HEIGHTxWIDTH" -> (height, width), or the parser's one-line usage error (exit 2)."""
+def image_size(text):
+    """The benchmarks' --size type: "HEIGHTxWIDTH" -> (height, width); argparse's one-line usage error (exit 2)
+    otherwise."""
     try:
-        height, width = (int(v) for v in size.lower().split("x"))
+        height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        parser.error(f"--size must be HEIGHTxWIDTH, got {size!r}")
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 320x480, got {text!r}") from None
     return height, width
 
 
 def write_report(report, path):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown_table(report))
+    write_record(report, path, markdown_table)
     return path.with_suffix(".json"), path.with_suffix(".md")
 
 

@@ -40,4 +40,7 @@ struct ContrastiveDims {
 ContrastiveDims check_contrastive_args(const Tensor& vision, const Tensor& text, const Tensor& text_token_mask,
                                        const Tensor& bias);
 
+// x floating, scale positive and finite, zero_point in [0, 255].
+void check_quantize_uint8_args(const Tensor& x, double scale, int64_t zero_point);
+
 }  // namespace mmgdino
